@@ -1,0 +1,329 @@
+/* The runtime of one Lua state: its libuv loop, the fibers the loop resumes,
+ * and serve(). The loop enters Lua only through lua_resume (fibers) and
+ * lua_pcall (runtime_protected), never unprotected. */
+#include "runtime.h"
+
+#include <signal.h>
+#include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "error_object.h"
+#include "log.h"
+
+#define RUNTIME_KEY "amqp_delegate.runtime"
+#define FIBERS_KEY "amqp_delegate.fibers"   /* thread -> fiber, anchors threads */
+#define LOOP_THREAD_KEY "amqp_delegate.loop_thread"
+
+static void free_after_close(uv_handle_t *handle) { free(handle->data); }
+
+static void close_any_handle(uv_handle_t *handle, void *unused) {
+  (void)unused;
+  if (!uv_is_closing(handle)) uv_close(handle, NULL);
+}
+
+/* Runs at lua_close: it is the first object created, so the last finalized,
+ * after the workers and delegators that closed their handles. */
+static int runtime_gc(lua_State *L) {
+  struct runtime *runtime = luaL_checkudata(L, 1, RUNTIME_KEY);
+  while (runtime->fibers) {
+    struct fiber *fiber = runtime->fibers;
+    runtime->fibers = fiber->next;
+    if (fiber->timer_open) {
+      fiber->timer.data = fiber;
+      uv_close((uv_handle_t *)&fiber->timer, free_after_close);
+    } else {
+      free(fiber);
+    }
+  }
+  uv_run(&runtime->loop, UV_RUN_NOWAIT);
+  uv_walk(&runtime->loop, close_any_handle, NULL);
+  uv_run(&runtime->loop, UV_RUN_NOWAIT);
+  if (uv_loop_close(&runtime->loop) != 0)
+    log_line(LOG_WARN, "event loop closed with handles still open");
+  return 0;
+}
+
+void runtime_open(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  struct runtime *runtime = lua_newuserdatauv(L, sizeof *runtime, 0);
+  int status = uv_loop_init(&runtime->loop);
+  if (status != 0) luaL_error(L, "cannot create the event loop: %s", uv_strerror(status));
+  runtime->running = 0;
+  runtime->signals_seen = 0;
+  runtime->fibers = NULL;
+  runtime->services = NULL;
+  luaL_newmetatable(L, RUNTIME_KEY);
+  lua_pushcfunction(L, runtime_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+  runtime->L = lua_newthread(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, LOOP_THREAD_KEY);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
+}
+
+struct runtime *runtime_get(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+  struct runtime *runtime = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (!runtime) luaL_error(L, "amqp_delegate is not initialised in this Lua state");
+  return runtime;
+}
+
+/* ---- waiting ---- */
+
+int runtime_run_until(struct runtime *runtime, const int *done) {
+  if (*done) return 0;
+  if (runtime->running) return -1;
+  runtime->running = 1;
+  int alive = 1;
+  while (!*done && alive) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
+  runtime->running = 0;
+  return *done ? 0 : -1;
+}
+
+void runtime_wait(struct runtime *runtime, lua_State *L, const int *done) {
+  if (runtime->running && !*done)
+    error_object_raisef(L, ERR_BAD_ARGUMENT,
+                        "cannot wait here: this code runs inside the event loop "
+                        "(call from a task, or from plain Lua code)");
+  if (runtime_run_until(runtime, done) != 0)
+    error_object_raisef(L, ERR_CONNECTION_LOST, "nothing is left that could end this wait");
+}
+
+struct protected_call {
+  lua_CFunction fn;
+  void *arg;
+};
+
+int runtime_protected(struct runtime *runtime, lua_CFunction fn, void *arg, const char *what) {
+  lua_State *L = runtime->L;
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, arg);
+  int status = lua_pcall(L, 1, 0, 0);
+  if (status != LUA_OK) {
+    struct ad_error error;
+    error_object_read(L, -1, ERR_BROKER_ERROR, &error);
+    log_line(LOG_ERROR, "%s: %s: %s", what, error.code, error.message);
+  }
+  lua_settop(L, base);
+  return status == LUA_OK ? 0 : -1;
+}
+
+/* ---- fibers ---- */
+
+struct fiber *fiber_create(struct runtime *runtime, fiber_finish_fn finish,
+                           size_t context_size) {
+  lua_State *L = runtime->L;
+  lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
+  lua_State *thread = lua_newthread(L);
+  lua_pushboolean(L, 1); /* the entry exists before the memory it will name */
+  lua_rawset(L, -3);
+  struct fiber *fiber = calloc(1, sizeof *fiber + context_size);
+  lua_pushthread(thread);
+  lua_xmove(thread, L, 1);
+  if (fiber) lua_pushlightuserdata(L, fiber);
+  else lua_pushnil(L);
+  lua_rawset(L, -3); /* the key exists: no allocation, cannot raise */
+  lua_pop(L, 1);
+  if (!fiber) luaL_error(L, "out of memory");
+  fiber->runtime = runtime;
+  fiber->thread = thread;
+  fiber->finish = finish;
+  fiber->next = runtime->fibers;
+  if (runtime->fibers) runtime->fibers->previous = fiber;
+  runtime->fibers = fiber;
+  return fiber;
+}
+
+static void fiber_free(struct fiber *fiber) {
+  struct runtime *runtime = fiber->runtime;
+  lua_State *L = runtime->L;
+  lua_resetthread(fiber->thread); /* closes pending to-be-closed variables */
+  lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
+  lua_pushthread(fiber->thread);
+  lua_xmove(fiber->thread, L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -3); /* removing a key never allocates */
+  lua_pop(L, 1);
+  if (fiber->previous) fiber->previous->next = fiber->next;
+  else runtime->fibers = fiber->next;
+  if (fiber->next) fiber->next->previous = fiber->previous;
+  if (fiber->timer_open) {
+    fiber->timer.data = fiber;
+    uv_close((uv_handle_t *)&fiber->timer, free_after_close);
+  } else {
+    free(fiber);
+  }
+}
+
+void fiber_resume(struct fiber *fiber, int nargs) {
+  int nresults = 0;
+  fiber->waiting = 0;
+  int status = lua_resume(fiber->thread, fiber->runtime->L, nargs, &nresults);
+  if (status == LUA_YIELD) {
+    if (fiber->waiting) return;
+    /* A bare coroutine.yield in a task: nothing would ever resume it. */
+    lua_settop(fiber->thread, 0);
+    lua_pushliteral(fiber->thread,
+                    "task yielded outside amqp_delegate (coroutine.yield in a task "
+                    "has nothing to resume it)");
+    status = LUA_ERRRUN;
+  }
+  fiber->finish(fiber, status);
+  fiber_free(fiber);
+}
+
+struct fiber *fiber_current(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
+  lua_pushthread(L);
+  lua_rawget(L, -2);
+  struct fiber *fiber = lua_touserdata(L, -1);
+  lua_pop(L, 2);
+  return fiber;
+}
+
+int fiber_yield(lua_State *L, struct fiber *fiber, lua_KContext context, lua_KFunction k) {
+  fiber->waiting = 1;
+  return lua_yieldk(L, 0, context, k);
+}
+
+void fiber_push_traceback(struct fiber *fiber) {
+  lua_State *L = fiber->runtime->L;
+  const char *message = luaL_tolstring(fiber->thread, -1, NULL);
+  luaL_traceback(L, fiber->thread, message, 0);
+  lua_pop(fiber->thread, 1);
+}
+
+/* ---- sleep ---- */
+
+static void fiber_timer_fired(uv_timer_t *timer) {
+  struct fiber *fiber = timer->data;
+  fiber_resume(fiber, 0);
+}
+
+static int sleep_continue(lua_State *L, int status, lua_KContext context) {
+  (void)L, (void)status, (void)context;
+  return 0;
+}
+
+struct plain_sleep {
+  uv_timer_t timer;
+  int done;
+};
+
+static void plain_timer_fired(uv_timer_t *timer) {
+  struct plain_sleep *sleep = timer->data;
+  sleep->done = 1;
+}
+
+static void plain_sleep_closed(uv_handle_t *handle) { free(handle->data); }
+
+int runtime_sleep(lua_State *L, double seconds) {
+  struct runtime *runtime = runtime_get(L);
+  uint64_t milliseconds = seconds > 0 ? (uint64_t)(seconds * 1000.0 + 0.5) : 0;
+  struct fiber *fiber = fiber_current(L);
+  if (fiber) {
+    if (!fiber->timer_open) {
+      uv_timer_init(&runtime->loop, &fiber->timer);
+      fiber->timer_open = 1;
+    }
+    fiber->timer.data = fiber;
+    uv_timer_start(&fiber->timer, fiber_timer_fired, milliseconds, 0);
+    return fiber_yield(L, fiber, 0, sleep_continue);
+  }
+  struct plain_sleep *sleep = malloc(sizeof *sleep);
+  if (!sleep) return luaL_error(L, "out of memory");
+  uv_timer_init(&runtime->loop, &sleep->timer);
+  sleep->timer.data = sleep;
+  sleep->done = 0;
+  uv_timer_start(&sleep->timer, plain_timer_fired, milliseconds, 0);
+  /* The handle must be closed whatever happens; runtime_wait may raise only
+   * before it runs the loop, so close first in that case. */
+  if (runtime->running) {
+    uv_close((uv_handle_t *)&sleep->timer, plain_sleep_closed);
+    error_object_raisef(L, ERR_BAD_ARGUMENT,
+                        "cannot sleep here: this code runs inside the event loop");
+  }
+  runtime_wait(runtime, L, &sleep->done);
+  uv_close((uv_handle_t *)&sleep->timer, plain_sleep_closed);
+  return 0;
+}
+
+/* ---- serve ---- */
+
+void runtime_add_service(struct runtime *runtime, struct service *service) {
+  service->previous = NULL;
+  service->next = runtime->services;
+  if (runtime->services) runtime->services->previous = service;
+  runtime->services = service;
+}
+
+void runtime_remove_service(struct runtime *runtime, struct service *service) {
+  if (service->previous) service->previous->next = service->next;
+  else if (runtime->services == service) runtime->services = service->next;
+  else return; /* not listed */
+  if (service->next) service->next->previous = service->previous;
+  service->previous = service->next = NULL;
+}
+
+struct serve_state {
+  struct runtime *runtime;
+  int signal_number;
+  uv_signal_t signals[2];
+};
+
+static void on_stop_signal(uv_signal_t *handle, int signal_number) {
+  struct serve_state *state = handle->data;
+  state->runtime->signals_seen++;
+  if (state->runtime->signals_seen > 1) {
+    log_line(LOG_WARN, "second %s: exiting at once", strsignal(signal_number));
+    _exit(128 + signal_number);
+  }
+  log_line(LOG_INFO, "%s: stopping (finishing the tasks in hand; a second signal exits at once)",
+           strsignal(signal_number));
+  state->signal_number = signal_number;
+}
+
+static void serve_closed(uv_handle_t *handle) {
+  struct serve_state *state = handle->data;
+  if (handle == (uv_handle_t *)&state->signals[1]) free(state);
+}
+
+int runtime_serve(struct runtime *runtime, lua_State *L) {
+  if (runtime->running)
+    error_object_raisef(L, ERR_BAD_ARGUMENT, "serve() cannot run inside the event loop");
+  struct serve_state *state = calloc(1, sizeof *state);
+  if (!state) return luaL_error(L, "out of memory");
+  state->runtime = runtime;
+  const int signal_numbers[2] = {SIGINT, SIGTERM};
+  for (int i = 0; i < 2; i++) {
+    uv_signal_init(&runtime->loop, &state->signals[i]);
+    state->signals[i].data = state;
+    uv_signal_start(&state->signals[i], on_stop_signal, signal_numbers[i]);
+  }
+  runtime->signals_seen = 0;
+  runtime->running = 1;
+  while (runtime->services && !state->signal_number) uv_run(&runtime->loop, UV_RUN_ONCE);
+  runtime->running = 0;
+  /* Stop every service; each stop waits for its tasks in hand (while the
+   * signal handlers stay installed, so a second signal still exits). */
+  while (runtime->services) {
+    struct service *service = runtime->services;
+    runtime_remove_service(runtime, service);
+    service->stop(service, L);
+  }
+  int signal_number = state->signal_number;
+  for (int i = 0; i < 2; i++) uv_close((uv_handle_t *)&state->signals[i], serve_closed);
+  uv_run(&runtime->loop, UV_RUN_NOWAIT);
+  return signal_number;
+}

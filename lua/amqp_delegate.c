@@ -1,0 +1,375 @@
+/* The Lua face of amqp_delegate: checks arguments, calls the core in host/,
+ * pushes results. Workers, delegators and calls are userdata with
+ * metatables; errors are objects with `code` and `message`. */
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "delegator.h"
+#include "error_object.h"
+#include "json.h"
+#include "log.h"
+#include "runtime.h"
+#include "url.h"
+#include "version.h"
+#include "worker.h"
+
+#define WORKER_MT "amqp_delegate.worker"
+#define DELEGATOR_MT "amqp_delegate.delegator"
+
+#define DEFAULT_CONNECT_TIMEOUT 10.0
+#define DEFAULT_WORKER_HEARTBEAT 30
+#define DEFAULT_MAX_BODY (16u * 1024u * 1024u)
+
+/* ---- argument checking ---- */
+
+static int bad_argument(lua_State *L, const char *format, const char *detail) {
+  return error_object_raisef(L, ERR_BAD_ARGUMENT, format, detail);
+}
+
+static void check_known_options(lua_State *L, int options, const char *const known[],
+                                const char *what) {
+  lua_pushnil(L);
+  while (lua_next(L, options)) {
+    lua_pop(L, 1);
+    int found = 0;
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (int i = 0; known[i] && !found; i++) found = strcmp(known[i], lua_tostring(L, -1)) == 0;
+    if (!found) {
+      char message[200];
+      snprintf(message, sizeof message, "unknown option '%s' for %s",
+               lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1),
+               what);
+      bad_argument(L, "%s", message);
+    }
+  }
+}
+
+static void check_options_table(lua_State *L, const char *what) {
+  if (lua_type(L, 1) != LUA_TTABLE) {
+    char message[160];
+    snprintf(message, sizeof message, "%s expects a table of options, got %s", what,
+             luaL_typename(L, 1));
+    bad_argument(L, "%s", message);
+  }
+}
+
+static lua_Integer integer_option(lua_State *L, int options, const char *key,
+                                  lua_Integer fallback, lua_Integer low, lua_Integer high) {
+  lua_getfield(L, options, key);
+  lua_Integer value = fallback;
+  if (!lua_isnil(L, -1)) {
+    int is_integer = 0;
+    value = lua_tointegerx(L, -1, &is_integer);
+    if (!is_integer || value < low || value > high) {
+      char message[200];
+      snprintf(message, sizeof message, "option '%s' must be an integer from %lld to %lld", key,
+               (long long)low, (long long)high);
+      bad_argument(L, "%s", message);
+    }
+  }
+  lua_pop(L, 1);
+  return value;
+}
+
+static double seconds_option(lua_State *L, int options, const char *key, double fallback) {
+  lua_getfield(L, options, key);
+  double value = fallback;
+  if (!lua_isnil(L, -1)) {
+    int is_number = 0;
+    value = lua_tonumberx(L, -1, &is_number);
+    if (!is_number || !(value > 0) || value > 86400) {
+      char message[160];
+      snprintf(message, sizeof message, "option '%s' must be a number of seconds above 0", key);
+      bad_argument(L, "%s", message);
+    }
+  }
+  lua_pop(L, 1);
+  return value;
+}
+
+/* Stores options[key] (a function or nil) in user value `slot` of the
+ * userdata at `self`. */
+static void hook_option(lua_State *L, int options, int self, const char *key, int slot) {
+  int type = lua_getfield(L, options, key);
+  if (type != LUA_TNIL && type != LUA_TFUNCTION) {
+    char message[160];
+    snprintf(message, sizeof message, "option '%s' must be a function", key);
+    bad_argument(L, "%s", message);
+  }
+  lua_setiuservalue(L, self, slot);
+}
+
+static void url_option(lua_State *L, int options, struct amqp_url *url) {
+  int type = lua_getfield(L, options, "url");
+  if (type != LUA_TNIL && type != LUA_TSTRING) bad_argument(L, "%s", "option 'url' must be a string");
+  const char *text = type == LUA_TSTRING ? lua_tostring(L, -1) : url_default();
+  struct ad_error error;
+  if (url_parse(url, text, &error) != 0) error_object_raise(L, &error);
+  lua_pop(L, 1);
+}
+
+static void connection_options(lua_State *L, int options, struct connection_options *out,
+                               int default_heartbeat) {
+  out->heartbeat_seconds = (int)integer_option(L, options, "heartbeat", default_heartbeat, 0, 3600);
+  out->connect_timeout = seconds_option(L, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+  out->max_body = (size_t)integer_option(L, options, "max_body", DEFAULT_MAX_BODY, 1,
+                                         (lua_Integer)1 << 31);
+}
+
+/* ---- workers ---- */
+
+static const char *const worker_options[] = {
+    "name", "task", "url", "on_error", "on_close", "concurrency", "heartbeat",
+    "connect_timeout", "max_body", "max_depth", NULL};
+
+static void worker_name(lua_State *L, struct worker *worker) {
+  lua_getfield(L, 1, "name");
+  size_t length = 0;
+  const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &length) : NULL;
+  if (!name || length == 0)
+    error_object_raisef(L, ERR_MISSING_NAME, "a worker needs a name (a non-empty string)");
+  if (length >= sizeof worker->name || strlen(name) != length)
+    bad_argument(L, "%s", "a worker's name is at most 255 bytes, without NUL bytes");
+  memcpy(worker->name, name, length + 1);
+  lua_pop(L, 1);
+}
+
+static int new_worker(lua_State *L) {
+  check_options_table(L, "worker");
+  check_known_options(L, 1, worker_options, "a worker");
+  struct worker *worker = lua_newuserdatauv(L, sizeof *worker, WORKER_SLOTS);
+  worker_init(worker, runtime_get(L));
+  luaL_setmetatable(L, WORKER_MT);
+  int self = lua_gettop(L);
+  worker_name(L, worker);
+  if (lua_getfield(L, 1, "task") != LUA_TFUNCTION)
+    error_object_raisef(L, ERR_MISSING_TASK, "worker '%s' needs a task (a function)",
+                        worker->name);
+  lua_setiuservalue(L, self, WORKER_TASK_SLOT);
+  hook_option(L, 1, self, "on_error", WORKER_ON_ERROR_SLOT);
+  hook_option(L, 1, self, "on_close", WORKER_ON_CLOSE_SLOT);
+  url_option(L, 1, &worker->url);
+  worker->options.prefetch = (int)integer_option(L, 1, "concurrency", 1, 1, 65535);
+  worker->options.max_depth =
+      (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
+  connection_options(L, 1, &worker->options.connection, DEFAULT_WORKER_HEARTBEAT);
+  return 1;
+}
+
+static struct worker *check_worker(lua_State *L) {
+  return luaL_checkudata(L, 1, WORKER_MT);
+}
+
+static int worker_start_method(lua_State *L) {
+  worker_start(check_worker(L), L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int worker_stop_method(lua_State *L) {
+  worker_stop(check_worker(L), L);
+  return 0;
+}
+
+static int worker_close_method(lua_State *L) {
+  struct worker *worker = check_worker(L);
+  if (worker->state == WORKER_RUNNING) worker_stop(worker, L);
+  return 0;
+}
+
+static int worker_gc(lua_State *L) {
+  worker_release(check_worker(L));
+  return 0;
+}
+
+static int worker_tostring(lua_State *L) {
+  struct worker *worker = check_worker(L);
+  static const char *const states[] = {"stopped", "running", "stopping"};
+  lua_pushfstring(L, "amqp_delegate.worker '%s' (%s, %s)", worker->name, states[worker->state],
+                  worker->url.redacted);
+  return 1;
+}
+
+static const luaL_Reg worker_methods[] = {
+    {"start", worker_start_method}, {"stop", worker_stop_method}, {NULL, NULL}};
+
+static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
+                                              {"__close", worker_close_method},
+                                              {"__tostring", worker_tostring},
+                                              {NULL, NULL}};
+
+/* ---- delegators ---- */
+
+static const char *const delegator_options[] = {
+    "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth", NULL};
+
+static int new_delegator(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  check_options_table(L, "delegator");
+  check_known_options(L, 1, delegator_options, "a delegator");
+  struct delegator *delegator = lua_newuserdatauv(L, sizeof *delegator, DELEGATOR_SLOTS);
+  delegator_init(delegator, runtime_get(L));
+  luaL_setmetatable(L, DELEGATOR_MT);
+  int self = lua_gettop(L);
+  lua_newtable(L);
+  lua_setiuservalue(L, self, DELEGATOR_PENDING_SLOT);
+  hook_option(L, 1, self, "on_error", DELEGATOR_ON_ERROR_SLOT);
+  hook_option(L, 1, self, "on_close", DELEGATOR_ON_CLOSE_SLOT);
+  url_option(L, 1, &delegator->url);
+  delegator->options.max_depth =
+      (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
+  connection_options(L, 1, &delegator->options.connection, 0);
+  return 1;
+}
+
+static struct delegator *check_delegator(lua_State *L) {
+  return luaL_checkudata(L, 1, DELEGATOR_MT);
+}
+
+static int delegator_start_method(lua_State *L) {
+  delegator_start(check_delegator(L), L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int delegator_stop_method(lua_State *L) {
+  delegator_stop(check_delegator(L), L);
+  return 0;
+}
+
+static int delegator_close_method(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  if (delegator->started) delegator_stop(delegator, L);
+  return 0;
+}
+
+static int delegator_invoke_method(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  size_t length = 0;
+  const char *name = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &length) : NULL;
+  if (!name || length == 0 || length >= SHORT_STRING_MAX)
+    bad_argument(L, "%s", "invoke expects a worker name (a non-empty string) as its first argument");
+  return delegator_invoke(delegator, L, 1, name, 3, lua_gettop(L));
+}
+
+static int delegator_gc(lua_State *L) {
+  delegator_release(check_delegator(L));
+  return 0;
+}
+
+static int delegator_tostring(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  lua_pushfstring(L, "amqp_delegate.delegator (%s, %s)",
+                  delegator->started ? "started" : "stopped", delegator->url.redacted);
+  return 1;
+}
+
+static int call_gc(lua_State *L) {
+  call_release(luaL_checkudata(L, 1, CALL_MT));
+  return 0;
+}
+
+static const luaL_Reg delegator_methods[] = {{"start", delegator_start_method},
+                                             {"stop", delegator_stop_method},
+                                             {"invoke", delegator_invoke_method},
+                                             {NULL, NULL}};
+
+static const luaL_Reg delegator_metamethods[] = {{"__gc", delegator_gc},
+                                                 {"__close", delegator_close_method},
+                                                 {"__tostring", delegator_tostring},
+                                                 {NULL, NULL}};
+
+/* ---- module functions ---- */
+
+static int serve(lua_State *L) {
+  int signal_number = runtime_serve(runtime_get(L), L);
+  if (signal_number == 0) return 0;
+  lua_pushstring(L, signal_number == 2 ? "SIGINT" : signal_number == 15 ? "SIGTERM" : "signal");
+  return 1;
+}
+
+static int sleep_function(lua_State *L) {
+  return runtime_sleep(L, luaL_checknumber(L, 1));
+}
+
+static int mark(lua_State *L, const char *metatable) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  luaL_setmetatable(L, metatable);
+  return 1;
+}
+
+static int array(lua_State *L) { return mark(L, JSON_ARRAY_MT); }
+static int object(lua_State *L) { return mark(L, JSON_OBJECT_MT); }
+
+static int encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  byte_buffer buffer;
+  byte_buffer_init(&buffer);
+  char problem[256];
+  int status = json_encode(L, 1, &buffer, JSON_DEFAULT_MAX_DEPTH, problem, sizeof problem);
+  if (status == 0) lua_pushlstring(L, buffer.data ? buffer.data : "", buffer.length);
+  byte_buffer_free(&buffer); /* before raising: nothing may leak */
+  if (status != 0) return bad_argument(L, "cannot encode: %s", problem);
+  return 1;
+}
+
+static int decode(lua_State *L) {
+  size_t length;
+  const char *text = luaL_checklstring(L, 1, &length);
+  char problem[256];
+  if (json_decode(L, text, length, JSON_DEFAULT_MAX_DEPTH, problem, sizeof problem) != 0)
+    return bad_argument(L, "cannot decode: %s", problem);
+  return 1;
+}
+
+static int set_log_level(lua_State *L) {
+  int level = log_level_from_name(luaL_checkstring(L, 1));
+  if (level < 0) return bad_argument(L, "%s", "log level must be debug, info, warn, error or off");
+  log_set_level((enum log_level)level);
+  return 0;
+}
+
+static const luaL_Reg module_functions[] = {
+    {"worker", new_worker}, {"delegator", new_delegator}, {"serve", serve},
+    {"sleep", sleep_function}, {"array", array}, {"object", object},
+    {"encode", encode}, {"decode", decode}, {"set_log_level", set_log_level},
+    {NULL, NULL}};
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethods,
+                      const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, metamethods, 0);
+  if (methods) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+int luaopen_amqp_delegate(lua_State *L) {
+  runtime_open(L);
+  error_object_open(L);
+  json_open(L);
+  new_class(L, WORKER_MT, worker_metamethods, worker_methods);
+  new_class(L, DELEGATOR_MT, delegator_metamethods, delegator_methods);
+  static const luaL_Reg call_metamethods[] = {{"__gc", call_gc}, {NULL, NULL}};
+  new_class(L, CALL_MT, call_metamethods, NULL);
+  luaL_newlib(L, module_functions);
+  lua_pushlightuserdata(L, NULL); /* equal to lua-cjson's cjson.null */
+  lua_setfield(L, -2, "null");
+  lua_pushliteral(L, AMQP_DELEGATE_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The project's one test command:
+#   bash scripts/test.sh [BUSTED ARGS...]     (extra args go to busted, e.g. --filter=PATTERN)
+#
+# 1. installs what is missing (scripts/install-deps.sh)
+# 2. configures and builds with CMake into build/
+# 3. runs the C unit tests (ctest), if any
+# 4. starts a private RabbitMQ node in a fresh temp dir (stopped and removed on exit)
+# 5. runs the busted specs (spec/*_spec.lua) under Lua 5.4 with, in the environment:
+#      AMQP_URL, AMQP_PORT, RABBITMQ_DIR (for `scripts/rabbitmq.sh ctl $RABBITMQ_DIR ...`),
+#      AMQP_DELEGATE_BUILD (absolute build/), LUA_CPATH (build/ first), PATH (build/ first)
+# Exits with busted's status (and fails when busted ran no test at all).
+#
+# Knobs: BUSTED_TIMEOUT (seconds for the whole busted run, default 1800), BUILD_TYPE
+# (default RelWithDebInfo), KEEP_BROKER=1 (leave the node and its dir for a post-mortem).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$ROOT"
+BUILD="$ROOT/build"
+BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo}
+BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1800}
+
+section() { printf '\n==================== %s ====================\n' "$*"; }
+die() { echo "test.sh: error: $*" >&2; exit 1; }
+
+t_start=$SECONDS
+
+section "1/5 dependencies"
+bash "$ROOT/scripts/install-deps.sh"
+echo "dependencies ok"
+
+section "2/5 build (CMake, $BUILD_TYPE)"
+[ -f "$ROOT/CMakeLists.txt" ] || die "CMakeLists.txt not found in $ROOT: nothing to build"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" || die "cmake configure failed"
+cmake --build "$BUILD" -j2 || die "build failed"
+
+section "3/5 C unit tests (ctest)"
+if [ -f "$BUILD/CTestTestfile.cmake" ]; then
+    ctest --test-dir "$BUILD" --output-on-failure || die "C unit tests failed"
+else
+    echo "no CTest tests configured"
+fi
+
+section "4/5 private RabbitMQ node"
+RABBITMQ_DIR=$(mktemp -d /tmp/amqp-delegate-test.XXXXXX)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "${RABBITMQ_DIR:-}" ] && [ -d "$RABBITMQ_DIR" ]; then
+        if [ "${KEEP_BROKER:-0}" = 1 ]; then
+            echo "test.sh: KEEP_BROKER=1: node left running in $RABBITMQ_DIR (stop: bash scripts/rabbitmq.sh stop $RABBITMQ_DIR)" >&2
+        else
+            bash "$ROOT/scripts/rabbitmq.sh" stop "$RABBITMQ_DIR" >/dev/null 2>&1 \
+                || echo "test.sh: warning: could not stop the node in $RABBITMQ_DIR" >&2
+            rm -rf "$RABBITMQ_DIR"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+t_broker=$SECONDS
+bash "$ROOT/scripts/rabbitmq.sh" start "$RABBITMQ_DIR" >/dev/null || die "could not start RabbitMQ"
+# shellcheck disable=SC1091
+. "$RABBITMQ_DIR/env"
+echo "RabbitMQ $RABBITMQ_NODENAME up at $AMQP_URL after $((SECONDS - t_broker))s"
+
+export AMQP_URL AMQP_PORT RABBITMQ_DIR RABBITMQ_NODENAME
+export AMQP_DELEGATE_BUILD="$BUILD"
+export LUA_CPATH="$BUILD/?.so;;"
+unset LUA_CPATH_5_4   # it would take precedence over LUA_CPATH in Lua 5.4
+export PATH="$BUILD:$PATH"
+
+section "5/5 specs (busted, Lua 5.4)"
+log=$(mktemp /tmp/amqp-delegate-busted.XXXXXX)
+set +e
+# --foreground: busted stays in our process group, so a ^C reaches it
+timeout --foreground --kill-after=30 "$BUSTED_TIMEOUT" \
+    lua5.4 /usr/bin/busted --lua=lua5.4 -o gtest "$@" spec 2>&1 </dev/null | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" = 124 ] && echo "test.sh: busted was stopped after ${BUSTED_TIMEOUT}s (BUSTED_TIMEOUT)" >&2
+
+count() { # regexp -> first number of the first matching line, or 0
+    local n
+    n=$(grep -E -m1 "$1" "$log" | grep -oE '[0-9]+' | head -n1 || true)
+    echo "${n:-0}"
+}
+passed=$(count '^\[  PASSED  \] [0-9]+ test')
+failed=$(count '^\[  FAILED  \] [0-9]+ test')
+errors=$(count '^\[  ERROR   \] [0-9]+ error')
+skipped=$(count '^\[ SKIPPED  \] [0-9]+ test')
+rm -f "$log"
+
+if [ "$status" = 0 ] && [ $((passed + failed + errors)) = 0 ]; then
+    echo "test.sh: busted ran no test" >&2
+    status=1
+fi
+# busted failed without a count of failures (crash, timeout, a spec file that does not load)
+[ "$status" != 0 ] && [ $((failed + errors)) = 0 ] && errors=1
+echo
+echo "total time $((SECONDS - t_start))s"
+echo "busted: $passed passed, $((failed + errors)) failed, $skipped skipped"
+exit "$status"
