@@ -4,18 +4,15 @@
  * heartbeats while the loop is otherwise idle. */
 #include "connection.h"
 
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>
 
 #include "log.h"
+#include "tcp_connect.h"
 
 #define CHANNEL 1
 #define HANDLE_COUNT 3
@@ -279,24 +276,17 @@ int connection_check_rpc(struct connection *connection, const char *doing,
 static int open_socket(struct connection *connection, const struct amqp_url *url,
                        struct ad_error *error) {
   amqp_socket_t *socket = amqp_tcp_socket_new(connection->amqp);
-  if (!socket) {
-    error_set(error, ERR_CONNECTION_FAILED, "%s: cannot create a socket", connection->endpoint);
+  char why[200];
+  int fd = socket ? tcp_connect(url->info.host, url->info.port,
+                                connection->options.connect_timeout, why, sizeof why)
+                  : -1;
+  if (!socket) snprintf(why, sizeof why, "cannot create a socket");
+  if (fd < 0) {
+    error_set(error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): %s",
+              connection->endpoint, url->redacted, why);
     return -1;
   }
-  double timeout = connection->options.connect_timeout;
-  struct timeval limit = {(time_t)timeout, (suseconds_t)((timeout - (time_t)timeout) * 1e6)};
-  errno = 0;
-  int status = amqp_socket_open_noblock(socket, url->info.host, url->info.port, &limit);
-  if (status != AMQP_STATUS_OK) {
-    int saved = errno;
-    error_set(error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): %s%s%s",
-              connection->endpoint, url->redacted, amqp_error_string2(status),
-              saved ? ": " : "", saved ? strerror(saved) : "");
-    return -1;
-  }
-  /* Small request/reply messages must not wait for Nagle's algorithm. */
-  int one = 1;
-  setsockopt(amqp_get_sockfd(connection->amqp), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  amqp_tcp_socket_set_sockfd(socket, fd); /* rabbitmq-c owns and closes it now */
   return 0;
 }
 

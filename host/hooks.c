@@ -22,9 +22,11 @@ struct hook_context {
 static void hook_finished(struct fiber *fiber, int status) {
   if (status == LUA_OK) return;
   struct hook_context *context = fiber_context(fiber);
+  struct ad_error error;
+  error_object_read(fiber->thread, -1, "HOOK_FAILED", &error);
+  log_line(LOG_ERROR, "%s hook failed: %s", context->hook_name, error.message);
   fiber_push_traceback(fiber);
-  log_line(LOG_ERROR, "%s hook failed: %s", context->hook_name,
-           lua_tostring(fiber->runtime->L, -1));
+  log_line(LOG_DEBUG, "%s", lua_tostring(fiber->runtime->L, -1));
   lua_pop(fiber->runtime->L, 1);
 }
 

@@ -33,6 +33,8 @@ void log_line(enum log_level level, const char *format, ...) {
   va_start(args, format);
   vsnprintf(message, sizeof message, format, args);
   va_end(args);
+  for (char *c = message; *c; c++) /* one event, one line: fold multi-line texts */
+    if (*c == '\n') *c = '|';
   /* One fprintf so concurrent processes sharing a log do not interleave halves. */
   fprintf(stderr, "%s.%03dZ %-5s %s\n", stamp, (int)(now.tv_usec / 1000),
           level_names[level], message);

@@ -323,7 +323,12 @@ diag)
     cli rabbitmq-diagnostics "$@" ;;
 status)
     load_env "$1"
-    node_alive && cli rabbitmq-diagnostics -q ping >/dev/null 2>&1 ;;
+    if node_alive && CLI_TIMEOUT=20 cli rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+        echo "running: $NODE $AMQP_URL"
+    else
+        echo "not running: $NODE"
+        exit 1
+    fi ;;
 *)
     usage ;;
 esac

@@ -44,23 +44,67 @@ fi
 
 section "4/5 private RabbitMQ node"
 RABBITMQ_DIR=$(mktemp -d /tmp/amqp-delegate-test.XXXXXX)
+# spec/helpers/broker.lua records the pid of every process it spawns here (each leads its own
+# process group and carries this variable), so that an interrupted run leaves nothing behind
+export AMQP_DELEGATE_PIDS="$RABBITMQ_DIR.pids"
+# and makes its temp files here
+export AMQP_DELEGATE_TMPDIR="$RABBITMQ_DIR.tmp"
+mkdir -p "$AMQP_DELEGATE_TMPDIR"
+busted_pid=""
+log=""
+
+kill_spawned() {
+    [ -f "$AMQP_DELEGATE_PIDS" ] || return 0
+    local pid pids=() sig
+    while read -r pid; do
+        [[ "$pid" =~ ^[0-9]+$ ]] || continue
+        # only processes that still carry our marker (no pid reuse accidents)
+        [ -r "/proc/$pid/environ" ] || continue
+        { tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null \
+            | grep -qxF "AMQP_DELEGATE_PIDS=$AMQP_DELEGATE_PIDS" || continue
+        pids+=("$pid")
+    done < "$AMQP_DELEGATE_PIDS"
+    [ ${#pids[@]} -gt 0 ] || return 0
+    echo "test.sh: stopping ${#pids[@]} process(es) left by the specs: ${pids[*]}" >&2
+    for sig in TERM KILL; do
+        for pid in "${pids[@]}"; do kill -"$sig" -- "-$pid" 2>/dev/null || kill -"$sig" "$pid" 2>/dev/null || true; done
+        for _ in $(seq 1 30); do
+            local alive=0
+            for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            [ $alive = 0 ] && return 0
+            sleep 0.1
+        done
+    done
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [ -n "${RABBITMQ_DIR:-}" ] && [ -d "$RABBITMQ_DIR" ]; then
-        if [ "${KEEP_BROKER:-0}" = 1 ]; then
-            echo "test.sh: KEEP_BROKER=1: node left running in $RABBITMQ_DIR (stop: bash scripts/rabbitmq.sh stop $RABBITMQ_DIR)" >&2
-        else
-            bash "$ROOT/scripts/rabbitmq.sh" stop "$RABBITMQ_DIR" >/dev/null 2>&1 \
-                || echo "test.sh: warning: could not stop the node in $RABBITMQ_DIR" >&2
+    if [ -n "$busted_pid" ] && kill -0 "$busted_pid" 2>/dev/null; then
+        kill -TERM -- "-$busted_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$busted_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$busted_pid" 2>/dev/null || true
+    fi
+    [ -n "$log" ] && rm -f "$log"
+    if [ "${KEEP_BROKER:-0}" = 1 ]; then
+        echo "test.sh: KEEP_BROKER=1: node left running in $RABBITMQ_DIR (stop: bash scripts/rabbitmq.sh stop $RABBITMQ_DIR)" >&2
+    else
+        kill_spawned
+        rm -f "$AMQP_DELEGATE_PIDS"
+        rm -rf "$AMQP_DELEGATE_TMPDIR"
+        if [ -d "$RABBITMQ_DIR" ]; then
+            if [ -f "$RABBITMQ_DIR/env" ] || [ -f "$RABBITMQ_DIR/launcher.pid" ]; then
+                bash "$ROOT/scripts/rabbitmq.sh" stop "$RABBITMQ_DIR" >/dev/null 2>&1 \
+                    || echo "test.sh: warning: could not stop the node in $RABBITMQ_DIR" >&2
+            fi
             rm -rf "$RABBITMQ_DIR"
         fi
     fi
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'echo "test.sh: interrupted" >&2; exit 130' INT
+trap 'echo "test.sh: terminated" >&2; exit 143' TERM
 t_broker=$SECONDS
 bash "$ROOT/scripts/rabbitmq.sh" start "$RABBITMQ_DIR" >/dev/null || die "could not start RabbitMQ"
 # shellcheck disable=SC1091
@@ -74,12 +118,18 @@ unset LUA_CPATH_5_4   # it would take precedence over LUA_CPATH in Lua 5.4
 export PATH="$BUILD:$PATH"
 
 section "5/5 specs (busted, Lua 5.4)"
-log=$(mktemp /tmp/amqp-delegate-busted.XXXXXX)
+log="$AMQP_DELEGATE_TMPDIR/busted.log"
+# Busted runs in its own process group, in the background, so that INT/TERM reach our traps at
+# once and the cleanup can stop it. (No --lua=lua5.4: we already run it under lua5.4, and that
+# flag only makes busted re-exec itself through a shell.)
 set +e
-# --foreground: busted stays in our process group, so a ^C reaches it
-timeout --foreground --kill-after=30 "$BUSTED_TIMEOUT" \
-    lua5.4 /usr/bin/busted --lua=lua5.4 -o gtest "$@" spec 2>&1 </dev/null | tee "$log"
-status=${PIPESTATUS[0]}
+setsid bash -c 'timeout --foreground --kill-after=30 "$1" lua5.4 /usr/bin/busted -o gtest "${@:3}" spec \
+        </dev/null 2>&1 | tee "$2"; exit "${PIPESTATUS[0]}"' \
+    busted "$BUSTED_TIMEOUT" "$log" "$@" &
+busted_pid=$!
+wait "$busted_pid"
+status=$?
+busted_pid=""
 set -e
 [ "$status" = 124 ] && echo "test.sh: busted was stopped after ${BUSTED_TIMEOUT}s (BUSTED_TIMEOUT)" >&2
 
@@ -92,7 +142,6 @@ passed=$(count '^\[  PASSED  \] [0-9]+ test')
 failed=$(count '^\[  FAILED  \] [0-9]+ test')
 errors=$(count '^\[  ERROR   \] [0-9]+ error')
 skipped=$(count '^\[ SKIPPED  \] [0-9]+ test')
-rm -f "$log"
 
 if [ "$status" = 0 ] && [ $((passed + failed + errors)) = 0 ]; then
     echo "test.sh: busted ran no test" >&2

@@ -20,9 +20,16 @@ local function sleep(seconds)
 end
 broker.sleep = sleep
 
-local function now() -- wall clock seconds (os.time has a 1 s resolution; good enough with polling)
+local function now() -- monotonic wall clock in seconds (1/100 s from /proc/uptime, else os.time)
+  local f = io.open("/proc/uptime", "r")
+  if f then
+    local t = f:read("n")
+    f:close()
+    if t then return t end
+  end
   return os.time()
 end
+broker.now = now
 
 local function read_file(path)
   local f = io.open(path, "rb")
@@ -33,8 +40,15 @@ local function read_file(path)
 end
 broker.read_file = read_file
 
+-- A new empty temp file. Under scripts/test.sh it goes to $AMQP_DELEGATE_TMPDIR, which the
+-- script removes at the end, so interrupted runs leave nothing in /tmp.
 local function tmpname()
-  local name = os.tmpname() -- creates the file
+  local name = os.tmpname() -- creates /tmp/lua_XXXXXX
+  local dir = os.getenv("AMQP_DELEGATE_TMPDIR")
+  if dir and dir ~= "" then
+    local moved = dir .. "/" .. name:match("[^/]+$")
+    if os.rename(name, moved) then return moved end
+  end
   return name
 end
 
@@ -222,6 +236,15 @@ function broker.spawn(cmd, opts)
     sleep(0.025)
   end
   if not pid then error("spawned process did not report its pid: " .. cmd, 2) end
+  -- scripts/test.sh kills what is listed there when a run is interrupted
+  local registry = os.getenv("AMQP_DELEGATE_PIDS")
+  if registry and registry ~= "" then
+    local f = io.open(registry, "a")
+    if f then
+      f:write(pid, "\n")
+      f:close()
+    end
+  end
   local h = setmetatable({ cmd = cmd, _pid = pid, _out = out, _pidf = pidf, _statusf = statusf }, Process)
   spawned[h] = true
   return h
