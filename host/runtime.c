@@ -14,6 +14,7 @@
 #include "log.h"
 
 #define RUNTIME_KEY "amqp_delegate.runtime"
+#define RUNTIME_MT "amqp_delegate.runtime_mt"
 #define FIBERS_KEY "amqp_delegate.fibers"   /* thread -> fiber, anchors threads */
 #define LOOP_THREAD_KEY "amqp_delegate.loop_thread"
 
@@ -27,7 +28,7 @@ static void close_any_handle(uv_handle_t *handle, void *unused) {
 /* Runs at lua_close: it is the first object created, so the last finalized,
  * after the workers and delegators that closed their handles. */
 static int runtime_gc(lua_State *L) {
-  struct runtime *runtime = luaL_checkudata(L, 1, RUNTIME_KEY);
+  struct runtime *runtime = luaL_checkudata(L, 1, RUNTIME_MT);
   while (runtime->fibers) {
     struct fiber *fiber = runtime->fibers;
     runtime->fibers = fiber->next;
@@ -59,7 +60,7 @@ void runtime_open(lua_State *L) {
   runtime->signals_seen = 0;
   runtime->fibers = NULL;
   runtime->services = NULL;
-  luaL_newmetatable(L, RUNTIME_KEY);
+  luaL_newmetatable(L, RUNTIME_MT);
   lua_pushcfunction(L, runtime_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
@@ -279,6 +280,7 @@ void runtime_remove_service(struct runtime *runtime, struct service *service) {
 struct serve_state {
   struct runtime *runtime;
   int signal_number;
+  int handles_open;
   uv_signal_t signals[2];
 };
 
@@ -296,7 +298,7 @@ static void on_stop_signal(uv_signal_t *handle, int signal_number) {
 
 static void serve_closed(uv_handle_t *handle) {
   struct serve_state *state = handle->data;
-  if (handle == (uv_handle_t *)&state->signals[1]) free(state);
+  if (--state->handles_open == 0) free(state);
 }
 
 int runtime_serve(struct runtime *runtime, lua_State *L) {
@@ -323,6 +325,7 @@ int runtime_serve(struct runtime *runtime, lua_State *L) {
     service->stop(service, L);
   }
   int signal_number = state->signal_number;
+  state->handles_open = 2;
   for (int i = 0; i < 2; i++) uv_close((uv_handle_t *)&state->signals[i], serve_closed);
   uv_run(&runtime->loop, UV_RUN_NOWAIT);
   return signal_number;

@@ -155,21 +155,46 @@ static void settle(struct worker *worker, uint64_t delivery_tag, int requeue) {
              error.code, error.message);
 }
 
+struct error_reply {
+  struct task_context *context;
+  const struct ad_error *error;
+};
+
+static int write_error_reply_protected(lua_State *L) {
+  struct error_reply *reply = lua_touserdata(L, 1);
+  write_error_reply(L, reply->context, reply->error);
+  return 0;
+}
+
+/* The fiber ended outside task_body's own handling: a stray yield, or a
+ * memory error. Its message is read only when it is a string already
+ * (reading it then allocates nothing), and the reply is built on the
+ * loop's thread, protected. */
+static void reply_fiber_failure(struct fiber *fiber, struct task_context *context) {
+  struct worker *worker = context->worker;
+  struct ad_error error;
+  lua_State *thread = fiber->thread;
+  if (lua_type(thread, -1) == LUA_TSTRING)
+    error_set(&error, ERR_TASK_FAILED, "%s", lua_tostring(thread, -1));
+  else
+    error_set(&error, ERR_TASK_FAILED, "internal error in the worker");
+  log_line(LOG_WARN, "task '%s' failed: %s: %s", worker->name, error.code, error.message);
+  struct error_reply reply = {context, &error};
+  if (runtime_protected(worker->runtime, write_error_reply_protected, &reply, worker->name) == 0)
+    return;
+  static const char internal[] =
+      "{\"error\":{\"code\":\"TASK_FAILED\",\"message\":\"internal error in the worker\"}}";
+  byte_buffer_reset(&worker->reply);
+  byte_buffer_append(&worker->reply, internal, sizeof internal - 1);
+  context->failed = 1;
+}
+
 static void task_finished(struct fiber *fiber, int status) {
   struct task_context *context = fiber_context(fiber);
   struct worker *worker = context->worker;
+  if (status != LUA_OK) reply_fiber_failure(fiber, context);
   const char *body = worker->reply.data;
   size_t body_length = worker->reply.length;
-  if (status != LUA_OK) { /* the wrapper itself failed (out of memory) */
-    fiber_push_traceback(fiber);
-    log_line(LOG_ERROR, "worker '%s': %s", worker->name, lua_tostring(worker->runtime->L, -1));
-    lua_pop(worker->runtime->L, 1);
-    static const char internal[] =
-        "{\"error\":{\"code\":\"TASK_FAILED\",\"message\":\"internal error in the worker\"}}";
-    body = internal;
-    body_length = sizeof internal - 1;
-    context->failed = 1;
-  }
   struct publish reply = {context->reply_to.bytes, &context->correlation_id, NULL,
                           context->failed ? ERROR_REPLY_TYPE : NULL, body, body_length, 0};
   struct ad_error error;
