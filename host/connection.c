@@ -400,6 +400,10 @@ int connection_publish(struct connection *connection, const struct publish *publ
     properties._flags |= AMQP_BASIC_REPLY_TO_FLAG;
     properties.reply_to = amqp_cstring_bytes(publish->reply_to);
   }
+  if (publish->expiration) {
+    properties._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+    properties.expiration = amqp_cstring_bytes(publish->expiration);
+  }
   if (publish->type) {
     properties._flags |= AMQP_BASIC_TYPE_FLAG;
     properties.type = amqp_cstring_bytes(publish->type);

@@ -54,6 +54,7 @@ struct publish {
   const struct short_string *correlation_id;
   const char *reply_to; /* NULL for none */
   const char *type;     /* NULL for none */
+  const char *expiration; /* milliseconds as text, NULL for none */
   const char *body;
   size_t body_length;
   int mandatory;

@@ -26,6 +26,7 @@
 #define ERR_NO_ROUTE "NO_ROUTE"
 #define ERR_TIMEOUT "TIMEOUT"
 #define ERR_STOPPED "STOPPED"
+#define ERR_INTERRUPTED "INTERRUPTED"
 
 struct ad_error {
   char code[48]; /* one of the ERR_ strings, or a task's own code */

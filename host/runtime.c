@@ -39,6 +39,10 @@ static int runtime_gc(lua_State *L) {
       free(fiber);
     }
   }
+  if (runtime->interrupt) {
+    runtime->interrupt->data = runtime->interrupt;
+    uv_close((uv_handle_t *)runtime->interrupt, free_after_close);
+  }
   uv_run(&runtime->loop, UV_RUN_NOWAIT);
   uv_walk(&runtime->loop, close_any_handle, NULL);
   uv_run(&runtime->loop, UV_RUN_NOWAIT);
@@ -60,6 +64,8 @@ void runtime_open(lua_State *L) {
   runtime->signals_seen = 0;
   runtime->fibers = NULL;
   runtime->services = NULL;
+  runtime->interrupted = 0;
+  runtime->interrupt = NULL;
   luaL_newmetatable(L, RUNTIME_MT);
   lua_pushcfunction(L, runtime_gc);
   lua_setfield(L, -2, "__gc");
@@ -91,13 +97,64 @@ int runtime_run_until(struct runtime *runtime, const int *done) {
   return *done ? 0 : -1;
 }
 
-void runtime_wait(struct runtime *runtime, lua_State *L, const int *done) {
-  if (runtime->running && !*done)
-    error_object_raisef(L, ERR_BAD_ARGUMENT,
-                        "cannot wait here: this code runs inside the event loop "
-                        "(call from a task, or from plain Lua code)");
-  if (runtime_run_until(runtime, done) != 0)
-    error_object_raisef(L, ERR_CONNECTION_LOST, "nothing is left that could end this wait");
+void runtime_wake(struct runtime *runtime) { uv_stop(&runtime->loop); }
+
+static void on_interrupt(uv_signal_t *handle, int signal_number) {
+  (void)signal_number;
+  struct runtime *runtime = handle->data;
+  runtime->interrupted = 1;
+  runtime_wake(runtime);
+}
+
+/* Ctrl-C must end a wait that blocks in epoll; Lua's own handler (lua.c)
+ * only acts when Lua code runs again. Returns 1 when installed. */
+static int catch_interrupts(struct runtime *runtime, struct sigaction *previous) {
+  if (sigaction(SIGINT, NULL, previous) != 0 || previous->sa_handler == SIG_IGN) return 0;
+  if (!runtime->interrupt) {
+    runtime->interrupt = malloc(sizeof *runtime->interrupt);
+    if (!runtime->interrupt) return 0;
+    uv_signal_init(&runtime->loop, runtime->interrupt);
+    runtime->interrupt->data = runtime;
+  }
+  runtime->interrupted = 0;
+  return uv_signal_start(runtime->interrupt, on_interrupt, SIGINT) == 0;
+}
+
+static void release_interrupts(struct runtime *runtime, const struct sigaction *previous) {
+  uv_signal_stop(runtime->interrupt);
+  sigaction(SIGINT, previous, NULL);
+}
+
+int runtime_wait(struct runtime *runtime, const int *done) {
+  if (*done) return WAIT_DONE;
+  if (runtime->running) return WAIT_NESTED;
+  struct sigaction previous;
+  int catching = catch_interrupts(runtime, &previous);
+  runtime->running = 1;
+  int alive = 1;
+  while (!*done && alive && !runtime->interrupted) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
+  runtime->running = 0;
+  if (catching) release_interrupts(runtime, &previous);
+  if (*done) return WAIT_DONE;
+  if (runtime->interrupted) {
+    runtime->interrupted = 0;
+    return WAIT_INTERRUPTED;
+  }
+  return WAIT_NOTHING_LEFT;
+}
+
+int runtime_wait_error(lua_State *L, int result, const char *what) {
+  switch (result) {
+    case WAIT_INTERRUPTED:
+      return error_object_raisef(L, ERR_INTERRUPTED, "%s: interrupted", what);
+    case WAIT_NESTED:
+      return error_object_raisef(L, ERR_BAD_ARGUMENT,
+                                 "%s: cannot wait here, inside the event loop (a hook or "
+                                 "callback); wait from a task or from plain Lua code", what);
+    default:
+      return error_object_raisef(L, ERR_CONNECTION_LOST,
+                                 "%s: nothing is left that could end this wait", what);
+  }
 }
 
 struct protected_call {
@@ -205,6 +262,22 @@ void fiber_push_traceback(struct fiber *fiber) {
   lua_pop(fiber->thread, 1);
 }
 
+/* ---- timers owned by userdata ---- */
+
+uv_timer_t *runtime_timer_new(struct runtime *runtime, void *data) {
+  uv_timer_t *timer = malloc(sizeof *timer);
+  if (!timer) return NULL;
+  uv_timer_init(&runtime->loop, timer);
+  timer->data = data;
+  return timer;
+}
+
+static void timer_closed(uv_handle_t *handle) { free(handle); }
+
+void runtime_timer_free(uv_timer_t *timer) {
+  if (timer) uv_close((uv_handle_t *)timer, timer_closed);
+}
+
 /* ---- sleep ---- */
 
 static void fiber_timer_fired(uv_timer_t *timer) {
@@ -225,6 +298,7 @@ struct plain_sleep {
 static void plain_timer_fired(uv_timer_t *timer) {
   struct plain_sleep *sleep = timer->data;
   sleep->done = 1;
+  uv_stop(timer->loop);
 }
 
 static void plain_sleep_closed(uv_handle_t *handle) { free(handle->data); }
@@ -233,6 +307,7 @@ int runtime_sleep(lua_State *L, double seconds) {
   struct runtime *runtime = runtime_get(L);
   uint64_t milliseconds = seconds > 0 ? (uint64_t)(seconds * 1000.0 + 0.5) : 0;
   struct fiber *fiber = fiber_current(L);
+  uv_update_time(&runtime->loop); /* the loop may have been idle: its clock is stale */
   if (fiber) {
     if (!fiber->timer_open) {
       uv_timer_init(&runtime->loop, &fiber->timer);
@@ -242,21 +317,16 @@ int runtime_sleep(lua_State *L, double seconds) {
     uv_timer_start(&fiber->timer, fiber_timer_fired, milliseconds, 0);
     return fiber_yield(L, fiber, 0, sleep_continue);
   }
+  if (runtime->running) return runtime_wait_error(L, WAIT_NESTED, "sleep");
   struct plain_sleep *sleep = malloc(sizeof *sleep);
   if (!sleep) return luaL_error(L, "out of memory");
   uv_timer_init(&runtime->loop, &sleep->timer);
   sleep->timer.data = sleep;
   sleep->done = 0;
   uv_timer_start(&sleep->timer, plain_timer_fired, milliseconds, 0);
-  /* The handle must be closed whatever happens; runtime_wait may raise only
-   * before it runs the loop, so close first in that case. */
-  if (runtime->running) {
-    uv_close((uv_handle_t *)&sleep->timer, plain_sleep_closed);
-    error_object_raisef(L, ERR_BAD_ARGUMENT,
-                        "cannot sleep here: this code runs inside the event loop");
-  }
-  runtime_wait(runtime, L, &sleep->done);
-  uv_close((uv_handle_t *)&sleep->timer, plain_sleep_closed);
+  int result = runtime_wait(runtime, &sleep->done);
+  uv_close((uv_handle_t *)&sleep->timer, plain_sleep_closed); /* before raising */
+  if (result != WAIT_DONE) return runtime_wait_error(L, result, "sleep");
   return 0;
 }
 
@@ -294,6 +364,7 @@ static void on_stop_signal(uv_signal_t *handle, int signal_number) {
   log_line(LOG_INFO, "%s: stopping (finishing the tasks in hand; a second signal exits at once)",
            strsignal(signal_number));
   state->signal_number = signal_number;
+  runtime_wake(state->runtime);
 }
 
 static void serve_closed(uv_handle_t *handle) {

@@ -41,6 +41,8 @@ struct runtime {
   lua_State *L;   /* the loop's own thread: callbacks work on its stack */
   int running;    /* inside uv_run: waiting again there would re-enter libuv */
   int signals_seen;
+  int interrupted;           /* SIGINT during a plain wait */
+  uv_signal_t *interrupt;    /* started only during plain waits */
   struct fiber *fibers;
   struct service *services;
 };
@@ -53,10 +55,18 @@ struct runtime *runtime_get(lua_State *L);
  * already running (a hook) or nothing is left that could set *done. */
 int runtime_run_until(struct runtime *runtime, const int *done);
 
-/* Runs the loop until *done becomes non-zero. Raises a Lua error on L if
- * called inside the loop (from a hook) or if nothing is left that could end
- * the wait. */
-void runtime_wait(struct runtime *runtime, lua_State *L, const int *done);
+enum wait_result { WAIT_DONE = 0, WAIT_NOTHING_LEFT = -1, WAIT_INTERRUPTED = -2, WAIT_NESTED = -3 };
+
+/* Ends the current turn of the loop early: call it when something a plain
+ * wait watches (a done flag) has changed, or the loop would first poll,
+ * possibly until the next heartbeat. */
+void runtime_wake(struct runtime *runtime);
+
+/* A plain Lua caller's wait: runs the loop until *done, and lets SIGINT
+ * (Ctrl-C) interrupt it; the previous SIGINT handler is restored after. */
+int runtime_wait(struct runtime *runtime, const int *done);
+/* Raises the error that goes with a failed wait; never returns. */
+int runtime_wait_error(lua_State *L, int result, const char *what);
 
 /* Calls fn(rt->L) with arg as its only argument (light userdata), protected.
  * Returns 0, or -1 after logging the error with `what`. */
@@ -82,6 +92,11 @@ struct fiber *fiber_current(lua_State *L);
 int fiber_yield(lua_State *L, struct fiber *fiber, lua_KContext context, lua_KFunction k);
 /* "message\nstack traceback..." of a failed fiber, pushed on runtime->L. */
 void fiber_push_traceback(struct fiber *fiber);
+
+/* A timer in its own allocation, closed and freed through the loop, for
+ * owners (userdata) that may be collected while libuv still holds it. */
+uv_timer_t *runtime_timer_new(struct runtime *runtime, void *data);
+void runtime_timer_free(uv_timer_t *timer);
 
 /* delegate.sleep: yields in a fiber, runs the loop otherwise. */
 int runtime_sleep(lua_State *L, double seconds);

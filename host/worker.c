@@ -17,6 +17,7 @@
 struct task_context {
   struct worker *worker;
   uint64_t delivery_tag;
+  unsigned generation; /* the connection that delivered it: tags are per channel */
   struct short_string correlation_id, reply_to;
   int failed;         /* the reply buffer holds an error reply */
   size_t oversized;   /* the request's size when over the limit (body dropped) */
@@ -132,13 +133,16 @@ static int task_body(lua_State *L) {
 /* ---- finishing and stopping ---- */
 
 static void finish_stopping(struct worker *worker) {
+  int was_connected = worker->connection != NULL; /* a loss reported on_close already */
   if (worker->connection) connection_close(worker->connection);
   worker->connection = NULL;
   worker->state = WORKER_STOPPED;
   worker->stopped = 1;
+  runtime_wake(worker->runtime);
+  reconnect_cancel(&worker->reconnect);
   runtime_remove_service(worker->runtime, &worker->service);
   int self_ref = worker->self_ref;
-  hook_run(worker->runtime, self_ref, WORKER_ON_CLOSE_SLOT, "on_close", NULL);
+  if (was_connected) hook_run(worker->runtime, self_ref, WORKER_ON_CLOSE_SLOT, "on_close", NULL);
   worker->self_ref = LUA_NOREF;
   luaL_unref(worker->runtime->L, LUA_REGISTRYINDEX, self_ref);
   log_line(LOG_INFO, "worker '%s' stopped (%lu served, %lu failed)", worker->name,
@@ -196,9 +200,12 @@ static void task_finished(struct fiber *fiber, int status) {
   const char *body = worker->reply.data;
   size_t body_length = worker->reply.length;
   struct publish reply = {context->reply_to.bytes, &context->correlation_id, NULL,
-                          context->failed ? ERROR_REPLY_TYPE : NULL, body, body_length, 0};
+                          context->failed ? ERROR_REPLY_TYPE : NULL, NULL, body, body_length, 0};
   struct ad_error error;
-  if (worker->connection && connection_publish(worker->connection, &reply, &error) != 0)
+  if (!worker->connection || context->generation != worker->generation)
+    log_line(LOG_WARN, "worker '%s': reply dropped, the connection that delivered the request "
+             "was lost (the broker redelivers it)", worker->name);
+  else if (connection_publish(worker->connection, &reply, &error) != 0)
     log_line(LOG_WARN, "worker '%s': cannot reply: %s", worker->name, error.message);
   else
     settle(worker, context->delivery_tag, -1);
@@ -225,6 +232,7 @@ static int start_task(lua_State *L) {
   struct task_context *context = fiber_context(fiber);
   context->worker = worker;
   context->delivery_tag = message->delivery_tag;
+  context->generation = worker->generation;
   context->correlation_id = message->correlation_id;
   context->reply_to = message->reply_to;
   context->oversized = message->body_too_large ? message->body_length : 0;
@@ -270,14 +278,37 @@ static void on_request(void *handler_context, const struct message *message) {
   fiber_resume(start.fiber, 2);
 }
 
+/* The broker redelivers the requests in hand to another consumer; ours
+ * finish, and their replies are dropped (see task_finished). */
 static void on_lost(void *handler_context, const struct ad_error *error) {
   struct worker *worker = handler_context;
   log_line(LOG_ERROR, "worker '%s': %s: %s", worker->name, error->code, error->message);
   connection_close(worker->connection);
   worker->connection = NULL;
-  worker->state = WORKER_STOPPING;
+  int reconnecting = worker->state == WORKER_RUNNING && worker->options.reconnect_max > 0;
+  worker->state = reconnecting ? WORKER_RECONNECTING : WORKER_STOPPING;
   hook_run(worker->runtime, worker->self_ref, WORKER_ON_ERROR_SLOT, "on_error", error);
-  if (worker->in_flight == 0 && worker->state == WORKER_STOPPING) finish_stopping(worker);
+  hook_run(worker->runtime, worker->self_ref, WORKER_ON_CLOSE_SLOT, "on_close", NULL);
+  if (worker->state == WORKER_RECONNECTING) reconnect_schedule(&worker->reconnect);
+  else if (worker->state == WORKER_STOPPING && worker->in_flight == 0) finish_stopping(worker);
+}
+
+static int open_connection(struct worker *worker, struct ad_error *error);
+
+static void attempt_reconnect(void *owner) {
+  struct worker *worker = owner;
+  if (worker->state != WORKER_RECONNECTING) return;
+  struct ad_error error;
+  if (open_connection(worker, &error) != 0) {
+    log_line(LOG_WARN, "worker '%s': reconnecting (attempt %u): %s: %s", worker->name,
+             worker->reconnect.attempts, error.code, error.message);
+    reconnect_schedule(&worker->reconnect);
+    return;
+  }
+  log_line(LOG_INFO, "worker '%s' reconnected to %s after %u attempt(s)", worker->name,
+           connection_endpoint(worker->connection), worker->reconnect.attempts);
+  reconnect_reset(&worker->reconnect);
+  worker->state = WORKER_RUNNING;
 }
 
 /* ---- starting ---- */
@@ -303,21 +334,30 @@ static int declare_and_consume(struct worker *worker, struct ad_error *error) {
 
 static void serve_stop(struct service *service, lua_State *L);
 
-void worker_start(struct worker *worker, lua_State *L, int self) {
-  if (worker->state != WORKER_STOPPED)
-    error_object_raisef(L, ERR_ALREADY_STARTED, "worker '%s' is already started", worker->name);
+static int open_connection(struct worker *worker, struct ad_error *error) {
   static const struct connection_handler handler_template = {on_request, NULL, on_lost, NULL};
   struct connection_handler handler = handler_template;
   handler.context = worker;
-  struct ad_error error;
   worker->connection = connection_open(worker->runtime, &worker->url,
-                                       &worker->options.connection, &handler, &error);
-  if (!worker->connection) error_object_raise(L, &error);
-  if (declare_and_consume(worker, &error) != 0) {
+                                       &worker->options.connection, &handler, error);
+  if (!worker->connection) return -1;
+  if (declare_and_consume(worker, error) != 0) {
     connection_close(worker->connection);
     worker->connection = NULL;
-    error_object_raise(L, &error);
+    return -1;
   }
+  worker->generation++;
+  return 0;
+}
+
+void worker_start(struct worker *worker, lua_State *L, int self) {
+  if (worker->state != WORKER_STOPPED)
+    error_object_raisef(L, ERR_ALREADY_STARTED, "worker '%s' is already started", worker->name);
+  if (!worker->reconnect.attempt)
+    reconnect_init(&worker->reconnect, worker->runtime, worker->options.reconnect_max,
+                   attempt_reconnect, worker);
+  struct ad_error error;
+  if (open_connection(worker, &error) != 0) error_object_raise(L, &error);
   lua_pushvalue(L, self);
   worker->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   worker->state = WORKER_RUNNING;
@@ -343,6 +383,11 @@ static void cancel_consumer(struct worker *worker) {
 }
 
 static void stop_gracefully(struct worker *worker, int wait) {
+  if (worker->state == WORKER_RECONNECTING) {
+    reconnect_cancel(&worker->reconnect);
+    worker->state = WORKER_STOPPING;
+    if (worker->in_flight == 0) finish_stopping(worker);
+  }
   if (worker->state == WORKER_RUNNING) {
     worker->state = WORKER_STOPPING;
     log_line(LOG_INFO, "worker '%s' stopping: %d task(s) in hand", worker->name,
@@ -365,6 +410,7 @@ void worker_stop(struct worker *worker, lua_State *L) {
 }
 
 void worker_release(struct worker *worker) {
+  reconnect_release(&worker->reconnect);
   if (worker->connection) connection_close(worker->connection);
   worker->connection = NULL;
   runtime_remove_service(worker->runtime, &worker->service);

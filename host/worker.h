@@ -8,6 +8,7 @@
 
 #include "byte_buffer.h"
 #include "connection.h"
+#include "reconnect.h"
 #include "runtime.h"
 #include "url.h"
 
@@ -24,10 +25,11 @@
 struct worker_options {
   int prefetch;
   int max_depth;
+  double reconnect_max; /* seconds, the backoff cap; 0: no reconnection */
   struct connection_options connection;
 };
 
-enum worker_state { WORKER_STOPPED, WORKER_RUNNING, WORKER_STOPPING };
+enum worker_state { WORKER_STOPPED, WORKER_RUNNING, WORKER_STOPPING, WORKER_RECONNECTING };
 
 struct worker {
   struct service service; /* first: serve() hands it back to worker_stop */
@@ -36,6 +38,8 @@ struct worker {
   struct amqp_url url;
   struct worker_options options;
   struct connection *connection;
+  unsigned generation; /* counts connections: a task's reply goes only to its own */
+  struct reconnect reconnect;
   struct short_string consumer_tag;
   enum worker_state state;
   int stopped;    /* set when a stop completes: plain callers wait on it */

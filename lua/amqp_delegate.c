@@ -22,6 +22,8 @@
 #define DEFAULT_CONNECT_TIMEOUT 10.0
 #define DEFAULT_WORKER_HEARTBEAT 30
 #define DEFAULT_MAX_BODY (16u * 1024u * 1024u)
+#define DEFAULT_CALL_TIMEOUT 30.0
+#define DEFAULT_RECONNECT_MAX 5.0
 
 /* ---- argument checking ---- */
 
@@ -74,15 +76,18 @@ static lua_Integer integer_option(lua_State *L, int options, const char *key,
   return value;
 }
 
-static double seconds_option(lua_State *L, int options, const char *key, double fallback) {
+/* A number of seconds from `low` up (0 often means "none"). */
+static double number_option(lua_State *L, int options, const char *key, double fallback,
+                            double low) {
   lua_getfield(L, options, key);
   double value = fallback;
   if (!lua_isnil(L, -1)) {
     int is_number = 0;
     value = lua_tonumberx(L, -1, &is_number);
-    if (!is_number || !(value > 0) || value > 86400) {
+    if (!is_number || !(value >= low) || value > 86400 * 365) {
       char message[160];
-      snprintf(message, sizeof message, "option '%s' must be a number of seconds above 0", key);
+      snprintf(message, sizeof message, "option '%s' must be a number of seconds from %g", key,
+               low);
       bad_argument(L, "%s", message);
     }
   }
@@ -114,7 +119,7 @@ static void url_option(lua_State *L, int options, struct amqp_url *url) {
 static void connection_options(lua_State *L, int options, struct connection_options *out,
                                int default_heartbeat) {
   out->heartbeat_seconds = (int)integer_option(L, options, "heartbeat", default_heartbeat, 0, 3600);
-  out->connect_timeout = seconds_option(L, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+  out->connect_timeout = number_option(L, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0.001);
   out->max_body = (size_t)integer_option(L, options, "max_body", DEFAULT_MAX_BODY, 1,
                                          (lua_Integer)1 << 31);
 }
@@ -123,7 +128,7 @@ static void connection_options(lua_State *L, int options, struct connection_opti
 
 static const char *const worker_options[] = {
     "name", "task", "url", "on_error", "on_close", "concurrency", "heartbeat",
-    "connect_timeout", "max_body", "max_depth", NULL};
+    "connect_timeout", "max_body", "max_depth", "reconnect_max", NULL};
 
 static void worker_name(lua_State *L, struct worker *worker) {
   lua_getfield(L, 1, "name");
@@ -156,6 +161,7 @@ static int new_worker(lua_State *L) {
   worker->options.max_depth =
       (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
   connection_options(L, 1, &worker->options.connection, DEFAULT_WORKER_HEARTBEAT);
+  worker->options.reconnect_max = number_option(L, 1, "reconnect_max", DEFAULT_RECONNECT_MAX, 0);
   return 1;
 }
 
@@ -187,7 +193,7 @@ static int worker_gc(lua_State *L) {
 
 static int worker_tostring(lua_State *L) {
   struct worker *worker = check_worker(L);
-  static const char *const states[] = {"stopped", "running", "stopping"};
+  static const char *const states[] = {"stopped", "running", "stopping", "reconnecting"};
   lua_pushfstring(L, "amqp_delegate.worker '%s' (%s, %s)", worker->name, states[worker->state],
                   worker->url.redacted);
   return 1;
@@ -204,7 +210,8 @@ static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
 /* ---- delegators ---- */
 
 static const char *const delegator_options[] = {
-    "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth", NULL};
+    "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth",
+    "timeout", "reconnect_max", NULL};
 
 static int new_delegator(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
@@ -225,6 +232,9 @@ static int new_delegator(lua_State *L) {
   delegator->options.max_depth =
       (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
   connection_options(L, 1, &delegator->options.connection, 0);
+  delegator->options.timeout = number_option(L, 1, "timeout", DEFAULT_CALL_TIMEOUT, 0);
+  delegator->options.reconnect_max =
+      number_option(L, 1, "reconnect_max", DEFAULT_RECONNECT_MAX, 0);
   return 1;
 }
 
@@ -245,17 +255,64 @@ static int delegator_stop_method(lua_State *L) {
 
 static int delegator_close_method(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
-  if (delegator->started) delegator_stop(delegator, L);
+  if (delegator->state != DELEGATOR_STOPPED) delegator_stop(delegator, L);
   return 0;
 }
 
-static int delegator_invoke_method(lua_State *L) {
-  struct delegator *delegator = check_delegator(L);
+/* [options,] name, ...: reads the optional per-call options table and the
+ * worker name; returns the index of the first argument of the call. */
+static int call_arguments(lua_State *L, struct call_options *options, const char **name) {
+  int at = 2;
+  options->timeout = -1;
+  if (lua_type(L, at) == LUA_TTABLE) {
+    static const char *const known[] = {"timeout", NULL};
+    check_known_options(L, at, known, "a call");
+    lua_getfield(L, at, "timeout");
+    if (!lua_isnil(L, -1)) {
+      int is_number = 0;
+      options->timeout = lua_tonumberx(L, -1, &is_number);
+      if (!is_number || !(options->timeout >= 0))
+        bad_argument(L, "%s", "option 'timeout' must be a number of seconds (0: none)");
+    }
+    lua_pop(L, 1);
+    at++;
+  }
   size_t length = 0;
-  const char *name = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &length) : NULL;
-  if (!name || length == 0 || length >= SHORT_STRING_MAX)
-    bad_argument(L, "%s", "invoke expects a worker name (a non-empty string) as its first argument");
-  return delegator_invoke(delegator, L, 1, name, 3, lua_gettop(L));
+  *name = lua_type(L, at) == LUA_TSTRING ? lua_tolstring(L, at, &length) : NULL;
+  if (!*name || length == 0 || length >= SHORT_STRING_MAX)
+    bad_argument(L, "%s", "expected a worker name (a non-empty string), after an optional table of options");
+  return at + 1;
+}
+
+static int delegator_send_method(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  struct call_options options;
+  const char *name;
+  int first = call_arguments(L, &options, &name);
+  delegator_send(delegator, L, 1, &options, name, first, lua_gettop(L));
+  return 1;
+}
+
+static int delegator_invoke_method(lua_State *L) {
+  delegator_send_method(L);
+  return call_wait(L, -1);
+}
+
+static int delegator_stats_method(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  const struct delegator_stats *stats = &delegator->stats;
+  lua_createtable(L, 0, 7);
+  static const char *const names[] = {"sent", "replied", "failed", "timed_out", "returned",
+                                      "unknown_replies"};
+  const unsigned long values[] = {stats->sent, stats->replied, stats->failed,
+                                  stats->timed_out, stats->returned, stats->unknown_replies};
+  for (int i = 0; i < 6; i++) {
+    lua_pushinteger(L, (lua_Integer)values[i]);
+    lua_setfield(L, -2, names[i]);
+  }
+  lua_pushinteger(L, (lua_Integer)delegator->in_flight);
+  lua_setfield(L, -2, "in_flight");
+  return 1;
 }
 
 static int delegator_gc(lua_State *L) {
@@ -265,8 +322,9 @@ static int delegator_gc(lua_State *L) {
 
 static int delegator_tostring(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
-  lua_pushfstring(L, "amqp_delegate.delegator (%s, %s)",
-                  delegator->started ? "started" : "stopped", delegator->url.redacted);
+  static const char *const states[] = {"stopped", "started", "reconnecting"};
+  lua_pushfstring(L, "amqp_delegate.delegator (%s, %s)", states[delegator->state],
+                  delegator->url.redacted);
   return 1;
 }
 
@@ -275,9 +333,34 @@ static int call_gc(lua_State *L) {
   return 0;
 }
 
+static int call_wait_method(lua_State *L) {
+  lua_settop(L, 1);
+  return call_wait(L, 1);
+}
+
+static int call_done_method(lua_State *L) {
+  lua_pushboolean(L, ((struct call *)luaL_checkudata(L, 1, CALL_MT))->done);
+  return 1;
+}
+
+static int call_tostring(lua_State *L) {
+  struct call *call = luaL_checkudata(L, 1, CALL_MT);
+  lua_pushfstring(L, "amqp_delegate.call to '%s' (%s)", call->worker,
+                  !call->done ? "in flight" : call->failed ? call->error.code : "done");
+  return 1;
+}
+
+static const luaL_Reg call_methods[] = {
+    {"wait", call_wait_method}, {"done", call_done_method}, {NULL, NULL}};
+
+static const luaL_Reg call_metamethods[] = {
+    {"__gc", call_gc}, {"__tostring", call_tostring}, {NULL, NULL}};
+
 static const luaL_Reg delegator_methods[] = {{"start", delegator_start_method},
                                              {"stop", delegator_stop_method},
                                              {"invoke", delegator_invoke_method},
+                                             {"send", delegator_send_method},
+                                             {"stats", delegator_stats_method},
                                              {NULL, NULL}};
 
 static const luaL_Reg delegator_metamethods[] = {{"__gc", delegator_gc},
@@ -358,18 +441,39 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethod
   lua_pop(L, 1);
 }
 
+/* The pure-Lua part of the module: small helpers built on the C methods.
+ * pcall yields in Lua 5.4, so these work inside tasks as well. */
+static const char lua_helpers[] =
+    "local delegate = ...\n"
+    "function delegate.wait_all(calls)\n"
+    "  local results, first_error = { n = #calls }, nil\n"
+    "  for i = 1, #calls do\n"
+    "    local ok, value = pcall(calls[i].wait, calls[i])\n"
+    "    if ok then results[i] = value elseif first_error == nil then first_error = value end\n"
+    "  end\n"
+    "  if first_error ~= nil then error(first_error, 0) end\n"
+    "  return results\n"
+    "end\n";
+
+static void add_lua_helpers(lua_State *L) {
+  if (luaL_loadbuffer(L, lua_helpers, sizeof lua_helpers - 1, "=amqp_delegate") != LUA_OK)
+    lua_error(L);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 0);
+}
+
 int luaopen_amqp_delegate(lua_State *L) {
   runtime_open(L);
   error_object_open(L);
   json_open(L);
   new_class(L, WORKER_MT, worker_metamethods, worker_methods);
   new_class(L, DELEGATOR_MT, delegator_metamethods, delegator_methods);
-  static const luaL_Reg call_metamethods[] = {{"__gc", call_gc}, {NULL, NULL}};
-  new_class(L, CALL_MT, call_metamethods, NULL);
+  new_class(L, CALL_MT, call_metamethods, call_methods);
   luaL_newlib(L, module_functions);
   lua_pushlightuserdata(L, NULL); /* equal to lua-cjson's cjson.null */
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, AMQP_DELEGATE_VERSION);
   lua_setfield(L, -2, "version");
+  add_lua_helpers(L);
   return 1;
 }

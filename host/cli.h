@@ -1,0 +1,59 @@
+/* What the commands of the host executable share (main.c, shell.c). */
+#ifndef AD_CLI_H
+#define AD_CLI_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+/* Exit statuses, the same for every command where they apply. */
+enum {
+  EXIT_OK = 0,
+  EXIT_FAILED = 1,     /* a file that does not load; the task's error; NO_ROUTE */
+  EXIT_USAGE = 2,      /* options, arguments, a bad URL */
+  EXIT_CONNECTION = 3, /* cannot connect, refused credentials, connection lost */
+  EXIT_TIMEOUT = 4,    /* no reply in time */
+  EXIT_INTERRUPTED = 130
+};
+
+/* Options a command takes. */
+enum {
+  OPTION_URL = 1u,
+  OPTION_CONCURRENCY = 2u,
+  OPTION_TIMEOUT = 4u,
+  OPTION_LOG_LEVEL = 8u,
+  OPTION_PRETTY = 16u
+};
+
+struct options {
+  const char *url; /* a private copy (argv's is masked), or NULL */
+  int concurrency; /* 0: not given */
+  double timeout;  /* < 0: not given */
+  int pretty;
+  char **rest;     /* the arguments after the options */
+  int rest_count;
+};
+
+/* Parses argv[2..]. Returns -1 when --help or --version answered (exit 0),
+ * 0 when the arguments follow at options->rest, else the exit status of a
+ * usage error (already reported). `usage` is a printf format taking the
+ * default log level. */
+int parse_options(int argc, char **argv, unsigned allowed, const char *usage,
+                  const char *default_level, struct options *options);
+
+/* "amqp-delegate: message" on standard error, URLs redacted; returns status. */
+int fail(int status, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+/* Copies text, with the password of every scheme://user:password@host in it
+ * replaced by ***. */
+void redact_text(const char *text, char *out, size_t size);
+
+/* A state with the standard libraries and amqp_delegate preloaded. */
+lua_State *new_state(void);
+
+/* The exit status for an error code (TASK_FAILED -> 1, BAD_URL -> 2...). */
+int exit_status_for(const char *code);
+
+int command_shell(int argc, char **argv, const char *usage);
+
+#endif

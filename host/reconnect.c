@@ -1,0 +1,47 @@
+/* Backoff timers for workers and delegators that lost their connection. The
+ * timer lives in its own allocation, closed through libuv, so an owner can
+ * be collected while the loop still holds the handle. */
+#include "reconnect.h"
+
+#define FIRST_DELAY 0.1
+
+static void fire(uv_timer_t *timer) {
+  struct reconnect *reconnect = timer->data;
+  reconnect->attempts++;
+  reconnect->attempt(reconnect->owner);
+}
+
+void reconnect_init(struct reconnect *reconnect, struct runtime *runtime, double max_delay,
+                    void (*attempt)(void *owner), void *owner) {
+  reconnect->timer = runtime_timer_new(runtime, reconnect);
+  reconnect->delay = FIRST_DELAY;
+  reconnect->max_delay = max_delay;
+  reconnect->attempts = 0;
+  reconnect->attempt = attempt;
+  reconnect->owner = owner;
+}
+
+void reconnect_schedule(struct reconnect *reconnect) {
+  if (!reconnect->timer || reconnect->max_delay <= 0) return;
+  uv_timer_start(reconnect->timer, fire, (uint64_t)(reconnect->delay * 1000), 0);
+  reconnect->delay *= 2;
+  if (reconnect->delay > reconnect->max_delay) reconnect->delay = reconnect->max_delay;
+}
+
+void reconnect_reset(struct reconnect *reconnect) {
+  reconnect->delay = FIRST_DELAY;
+  reconnect->attempts = 0;
+}
+
+void reconnect_cancel(struct reconnect *reconnect) {
+  if (reconnect->timer) uv_timer_stop(reconnect->timer);
+}
+
+int reconnect_pending(const struct reconnect *reconnect) {
+  return reconnect->timer && uv_is_active((const uv_handle_t *)reconnect->timer);
+}
+
+void reconnect_release(struct reconnect *reconnect) {
+  runtime_timer_free(reconnect->timer);
+  reconnect->timer = NULL;
+}
