@@ -247,16 +247,18 @@ static void drain(struct connection *connection) {
   if (connection->close_requested) destroy(connection);
 }
 
+/* libuv reports a socket error (POLLERR, e.g. a reset) as UV_EBADF; reading
+ * lets rabbitmq-c say what really happened. */
 static void on_readable(uv_poll_t *poll, int status, int events) {
   (void)events;
   struct connection *connection = poll->data;
-  if (status < 0) {
-    struct ad_error error;
-    error_set(&error, ERR_CONNECTION_LOST, "%s: %s", connection->endpoint, uv_strerror(status));
-    connection_lost(connection, &error);
-    return;
-  }
   drain(connection);
+  if (status < 0 && connection->alive && !connection->close_requested) {
+    struct ad_error error;
+    error_set(&error, ERR_CONNECTION_LOST, "%s: the connection failed (socket error)",
+              connection->endpoint);
+    connection_lost(connection, &error);
+  }
 }
 
 static void on_timer(uv_timer_t *timer) { drain(timer->data); }
