@@ -11,6 +11,7 @@
 #include "error_object.h"
 #include "json.h"
 #include "log.h"
+#include "pretty.h"
 #include "runtime.h"
 #include "url.h"
 #include "version.h"
@@ -427,6 +428,7 @@ static const luaL_Reg module_functions[] = {
     {"worker", new_worker}, {"delegator", new_delegator}, {"serve", serve},
     {"sleep", sleep_function}, {"array", array}, {"object", object},
     {"encode", encode}, {"decode", decode}, {"set_log_level", set_log_level},
+    {"pretty", pretty_lua},
     {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethods,
@@ -439,6 +441,18 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethod
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
+}
+
+/* Decoded results carry the codec's marker metatables: printing them with
+ * the pretty-printer makes a table result readable in the plain REPL. */
+static void print_markers_readably(lua_State *L) {
+  const char *const markers[] = {JSON_ARRAY_MT, JSON_OBJECT_MT};
+  for (int i = 0; i < 2; i++) {
+    luaL_getmetatable(L, markers[i]);
+    lua_pushcfunction(L, pretty_lua);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+  }
 }
 
 /* The pure-Lua part of the module: small helpers built on the C methods.
@@ -466,6 +480,7 @@ int luaopen_amqp_delegate(lua_State *L) {
   runtime_open(L);
   error_object_open(L);
   json_open(L);
+  print_markers_readably(L);
   new_class(L, WORKER_MT, worker_metamethods, worker_methods);
   new_class(L, DELEGATOR_MT, delegator_metamethods, delegator_methods);
   new_class(L, CALL_MT, call_metamethods, call_methods);

@@ -45,6 +45,17 @@ describe("the lua5.4 REPL", function()
     assert.matches("still\t2", out)
   end)
 
+  it("prints a table result readably", function()
+    support.host({ "spec/workers/values.lua" })
+    local out, status, err = repl({
+      'delegate = require "amqp_delegate"',
+      string.format('d = delegate.delegator { url = %q }:start()', broker.url()),
+      'd:invoke("lua_echo", { name = "ada", langs = { "lua", "c" }, extra = delegate.null })',
+    })
+    assert.are.equal(0, status, err)
+    assert.matches('\n{"extra": null, "langs": %["lua", "c"%], "name": "ada"}\n', out)
+  end)
+
   it("hosts a worker from plain Lua and serves it while a call waits", function()
     local out, status, err = repl({
       'delegate = require "amqp_delegate"',
