@@ -43,10 +43,23 @@ struct connection_handler {
   void *context;
 };
 
+#define TLS_PATH_MAX 1024
+
+/* For amqps:// URLs. Empty paths: not set (the CA then defaults to the
+ * system's bundle). */
+struct tls_options {
+  char ca_file[TLS_PATH_MAX];
+  char cert_file[TLS_PATH_MAX];
+  char key_file[TLS_PATH_MAX];
+  int verify_peer;     /* check the broker's certificate against the CA */
+  int verify_hostname; /* and that it names the host of the URL */
+};
+
 struct connection_options {
   int heartbeat_seconds;   /* 0: none */
   double connect_timeout;  /* seconds */
   size_t max_body;         /* bytes; larger bodies arrive with body_too_large */
+  struct tls_options tls;
 };
 
 struct publish {

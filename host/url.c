@@ -44,9 +44,5 @@ int url_parse(struct amqp_url *url, const char *text, struct ad_error *error) {
               url->redacted);
     return -1;
   }
-  if (url->info.ssl) {
-    error_set(error, ERR_BAD_URL, "'%s': amqps:// (TLS) is not supported yet", url->redacted);
-    return -1;
-  }
   return 0;
 }

@@ -117,8 +117,56 @@ static void url_option(lua_State *L, int options, struct amqp_url *url) {
   lua_pop(L, 1);
 }
 
+static void path_option(lua_State *L, int options, const char *key, char *out, size_t size) {
+  int type = lua_getfield(L, options, key);
+  size_t length = 0;
+  const char *path = type == LUA_TSTRING ? lua_tolstring(L, -1, &length) : NULL;
+  if (type != LUA_TNIL && (!path || length == 0 || length >= size)) {
+    char message[160];
+    snprintf(message, sizeof message, "TLS option '%s' must be a file path", key);
+    bad_argument(L, "%s", message);
+  }
+  snprintf(out, size, "%s", path ? path : "");
+  lua_pop(L, 1);
+}
+
+static int boolean_option(lua_State *L, int options, const char *key, int fallback) {
+  int type = lua_getfield(L, options, key);
+  if (type != LUA_TNIL && type != LUA_TBOOLEAN) {
+    char message[160];
+    snprintf(message, sizeof message, "option '%s' must be a boolean", key);
+    bad_argument(L, "%s", message);
+  }
+  int value = type == LUA_TNIL ? fallback : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return value;
+}
+
+/* tls = {ca_file =, cert_file =, key_file =, verify =, verify_hostname =}, for amqps:// URLs. */
+static void tls_options(lua_State *L, int options, struct tls_options *out) {
+  memset(out, 0, sizeof *out);
+  out->verify_peer = out->verify_hostname = 1;
+  int type = lua_getfield(L, options, "tls");
+  if (type == LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (type != LUA_TTABLE) bad_argument(L, "%s", "option 'tls' must be a table");
+  int tls = lua_gettop(L);
+  static const char *const known[] = {"ca_file", "cert_file", "key_file", "verify",
+                                      "verify_hostname", NULL};
+  check_known_options(L, tls, known, "tls");
+  path_option(L, tls, "ca_file", out->ca_file, sizeof out->ca_file);
+  path_option(L, tls, "cert_file", out->cert_file, sizeof out->cert_file);
+  path_option(L, tls, "key_file", out->key_file, sizeof out->key_file);
+  out->verify_peer = boolean_option(L, tls, "verify", 1);
+  out->verify_hostname = out->verify_peer && boolean_option(L, tls, "verify_hostname", 1);
+  lua_pop(L, 1);
+}
+
 static void connection_options(lua_State *L, int options, struct connection_options *out,
                                int default_heartbeat) {
+  tls_options(L, options, &out->tls);
   out->heartbeat_seconds = (int)integer_option(L, options, "heartbeat", default_heartbeat, 0, 3600);
   out->connect_timeout = number_option(L, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0.001);
   out->max_body = (size_t)integer_option(L, options, "max_body", DEFAULT_MAX_BODY, 1,
@@ -129,7 +177,7 @@ static void connection_options(lua_State *L, int options, struct connection_opti
 
 static const char *const worker_options[] = {
     "name", "task", "url", "on_error", "on_close", "concurrency", "heartbeat",
-    "connect_timeout", "max_body", "max_depth", "reconnect_max", NULL};
+    "connect_timeout", "max_body", "max_depth", "reconnect_max", "tls", NULL};
 
 static void worker_name(lua_State *L, struct worker *worker) {
   lua_getfield(L, 1, "name");
@@ -212,7 +260,7 @@ static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
 
 static const char *const delegator_options[] = {
     "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth",
-    "timeout", "reconnect_max", NULL};
+    "timeout", "reconnect_max", "tls", NULL};
 
 static int new_delegator(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {

@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGES=(
     build-essential cmake pkg-config
     librabbitmq-dev liblua5.4-dev lua5.4 lua-cjson lua-busted luarocks libuv1-dev
-    rabbitmq-server nodejs npm valgrind clang
+    rabbitmq-server nodejs npm valgrind clang openssl ca-certificates
 )
 
 die() { echo "install-deps.sh: error: $*" >&2; exit 1; }

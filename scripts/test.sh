@@ -111,7 +111,7 @@ bash "$ROOT/scripts/rabbitmq.sh" start "$RABBITMQ_DIR" >/dev/null || die "could 
 . "$RABBITMQ_DIR/env"
 echo "RabbitMQ $RABBITMQ_NODENAME up at $AMQP_URL after $((SECONDS - t_broker))s"
 
-export AMQP_URL AMQP_PORT RABBITMQ_DIR RABBITMQ_NODENAME
+export AMQP_URL AMQP_PORT AMQPS_URL TLS_DIR RABBITMQ_DIR RABBITMQ_NODENAME
 export AMQP_DELEGATE_BUILD="$BUILD"
 export LUA_CPATH="$BUILD/?.so;;"
 unset LUA_CPATH_5_4   # it would take precedence over LUA_CPATH in Lua 5.4
