@@ -22,7 +22,8 @@ enum {
   OPTION_CONCURRENCY = 2u,
   OPTION_TIMEOUT = 4u,
   OPTION_LOG_LEVEL = 8u,
-  OPTION_PRETTY = 16u
+  OPTION_PRETTY = 16u,
+  OPTION_TLS = 32u /* --ca-file, --cert-file, --key-file */
 };
 
 struct options {
@@ -30,6 +31,7 @@ struct options {
   int concurrency; /* 0: not given */
   double timeout;  /* < 0: not given */
   int pretty;
+  const char *ca_file, *cert_file, *key_file; /* NULL: not given */
   char **rest;     /* the arguments after the options */
   int rest_count;
 };
@@ -47,6 +49,9 @@ int fail(int status, const char *format, ...) __attribute__((format(printf, 2, 3
 /* Copies text, with the password of every scheme://user:password@host in it
  * replaced by ***. */
 void redact_text(const char *text, char *out, size_t size);
+
+/* Sets `url` and `tls` in the options table at `table` from the command line. */
+void apply_connection_options(lua_State *L, int table, const struct options *options);
 
 /* A state with the standard libraries and amqp_delegate preloaded. */
 lua_State *new_state(void);

@@ -36,17 +36,21 @@ int luaopen_amqp_delegate(lua_State *L);
 
 #define EXIT_CODES_HELP                                                                    \
   "exit status:\n"                                                                         \
-  "  0  done\n"                                                                            \
-  "  1  failed: a worker file does not load (run), the task raised or nobody serves\n"      \
-  "     the worker (call: TASK_FAILED, NO_ROUTE, a task's own code...)\n"                   \
-  "  2  usage: unknown option, bad value, an ARG that is not JSON, a bad URL\n"             \
-  "  3  connection (call, shell): CONNECTION_FAILED, AUTH_FAILED, CONNECTION_LOST,\n"       \
-  "     BROKER_ERROR\n"                                                                    \
-  "  4  TIMEOUT (call): no reply within --timeout\n"                                       \
+  "  0    done\n"                                                                          \
+  "  1    failed: a worker file does not load (run); the task raised or nobody serves\n"   \
+  "       the worker (call: TASK_FAILED, NO_ROUTE, a task's own code...)\n"                \
+  "  2    usage: unknown option, bad value, an ARG that is not JSON, a bad URL\n"          \
+  "  3    connection (call, shell): CONNECTION_FAILED, AUTH_FAILED, CONNECTION_LOST,\n"    \
+  "       BROKER_ERROR\n"                                                                  \
+  "  4    TIMEOUT (call): no reply within --timeout\n"                                     \
   "  130  interrupted (Ctrl-C)\n"
 
 #define URL_HELP "  --url URL            broker URL (default: $AMQP_URL, else amqp://localhost)\n"
 #define LOG_HELP "  --log-level LEVEL    debug, info, warn, error or off (default %s)\n"
+#define TLS_HELP                                                                         \
+  "  --ca-file FILE       for amqps:// URLs: the CA that signed the broker's certificate\n" \
+  "                       (default: the system's CAs)\n"                                \
+  "  --cert-file FILE, --key-file FILE   a client certificate and its key\n"
 
 static const char top_usage[] =
     "usage: amqp-delegate COMMAND [options] [ARGUMENTS]\n"
@@ -77,6 +81,7 @@ static const char run_usage[] =
     "\n"
     "options:\n"
     URL_HELP
+    TLS_HELP
     "  --concurrency N      tasks each worker runs at once (prefetch), default 1\n"
     LOG_HELP
     "  --help, --version\n"
@@ -95,6 +100,7 @@ static const char call_usage[] =
     "\n"
     "options:\n"
     URL_HELP
+    TLS_HELP
     "  --timeout SECONDS    give up waiting for the reply after that long (TIMEOUT, exit 4);\n"
     "                       0 waits as long as it takes; default: the delegator's (30)\n"
     "  --pretty             print the result indented for people instead of compact JSON\n"
@@ -115,6 +121,7 @@ static const char shell_usage[] =
     "\n"
     "options:\n"
     URL_HELP
+    TLS_HELP
     LOG_HELP
     "  --help, --version\n"
     "\n"
@@ -240,7 +247,8 @@ int parse_options(int argc, char **argv, unsigned allowed, const char *usage,
     unsigned which = IS("--url") ? OPTION_URL
                    : IS("--concurrency") ? OPTION_CONCURRENCY
                    : IS("--timeout") ? OPTION_TIMEOUT
-                   : IS("--log-level") ? OPTION_LOG_LEVEL : 0;
+                   : IS("--log-level") ? OPTION_LOG_LEVEL
+                   : IS("--ca-file") || IS("--cert-file") || IS("--key-file") ? OPTION_TLS : 0;
 #undef IS
     if (!(which & allowed))
       return fail(EXIT_USAGE, "unknown option %.*s (see amqp-delegate %s --help)",
@@ -249,6 +257,11 @@ int parse_options(int argc, char **argv, unsigned allowed, const char *usage,
     if (!strchr(flag, '=')) i++;
     if (which == OPTION_URL) {
       options->url = take_url(value);
+    } else if (which == OPTION_TLS) {
+      const char **path = flag[2] == 'c' && flag[3] == 'a' ? &options->ca_file
+                          : flag[2] == 'c'                 ? &options->cert_file
+                                                           : &options->key_file;
+      *path = value;
     } else if (which == OPTION_CONCURRENCY) {
       char *end;
       long n = strtol(value, &end, 10);
@@ -274,6 +287,24 @@ int parse_options(int argc, char **argv, unsigned allowed, const char *usage,
   options->rest = argv + i;
   options->rest_count = argc - i;
   return 0;
+}
+
+void apply_connection_options(lua_State *L, int table, const struct options *options) {
+  table = lua_absindex(L, table);
+  if (options->url) {
+    lua_pushstring(L, options->url);
+    lua_setfield(L, table, "url");
+  }
+  if (!options->ca_file && !options->cert_file && !options->key_file) return;
+  lua_createtable(L, 0, 3);
+  const char *const keys[] = {"ca_file", "cert_file", "key_file"};
+  const char *const values[] = {options->ca_file, options->cert_file, options->key_file};
+  for (int i = 0; i < 3; i++) {
+    if (!values[i]) continue;
+    lua_pushstring(L, values[i]);
+    lua_setfield(L, -2, keys[i]);
+  }
+  lua_setfield(L, table, "tls");
 }
 
 /* A Lua state with the standard libraries, the module preloaded (so worker
@@ -320,10 +351,7 @@ static int traceback(lua_State *L) {
 static void make_worker(lua_State *L, const struct options *options, const char *file) {
   if (lua_type(L, -1) != LUA_TTABLE)
     luaL_error(L, "%s must return a worker table {name = ..., task = function ... end}", file);
-  if (options->url) {
-    lua_pushstring(L, options->url);
-    lua_setfield(L, -2, "url");
-  }
+  apply_connection_options(L, -1, options);
   if (options->concurrency) {
     lua_pushinteger(L, options->concurrency);
     lua_setfield(L, -2, "concurrency");
@@ -383,11 +411,14 @@ static int run(lua_State *L) {
 
 static int command_run(int argc, char **argv) {
   struct options options;
-  int status = parse_options(argc, argv, OPTION_URL | OPTION_CONCURRENCY | OPTION_LOG_LEVEL,
+  int status = parse_options(argc, argv,
+                             OPTION_URL | OPTION_CONCURRENCY | OPTION_LOG_LEVEL | OPTION_TLS,
                              run_usage, "info", &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count == 0)
     return fail(EXIT_USAGE, "run needs at least one worker FILE (see amqp-delegate run --help)");
+  /* Delegators and workers the files make themselves use the same broker. */
+  if (options.url) setenv("AMQP_URL", options.url, 1);
   lua_State *L = new_state();
   if (!L) return fail(EXIT_FAILED, "cannot create a Lua state");
   lua_pushcfunction(L, traceback);
@@ -413,10 +444,7 @@ static int call(lua_State *L) {
   luaL_checkstack(L, count + 8, "too many arguments");
   lua_getfield(L, 1, "delegator"); /* 2 */
   lua_createtable(L, 0, 3);        /* 3: its options */
-  if (options->url) {
-    lua_pushstring(L, options->url);
-    lua_setfield(L, 3, "url");
-  }
+  apply_connection_options(L, 3, options);
   if (options->timeout >= 0) {
     lua_pushnumber(L, options->timeout);
     lua_setfield(L, 3, "timeout");
@@ -433,9 +461,9 @@ static int call(lua_State *L) {
     const char *text = options->rest[i];
     char problem[256];
     if (json_decode(L, text, strlen(text), JSON_DEFAULT_MAX_DEPTH, problem, sizeof problem) != 0)
-      return error_object_raisef(L, ERR_BAD_ARGUMENT,
-                                 "ARG %d is not JSON: %s (quote strings: '\"text\"')", i,
-                                 problem);
+      return error_object_raisef(L, ERR_BAD_ARGUMENT, "ARG %d is not JSON: %s (%s)", i, problem,
+                                 strncmp(text, "--", 2) == 0 ? "options go before NAME"
+                                                             : "quote strings: '\"text\"'");
   }
   lua_getfield(L, 2, "start");
   lua_pushvalue(L, 2);
@@ -463,7 +491,8 @@ static int call(lua_State *L) {
 static int command_call(int argc, char **argv) {
   struct options options;
   int status = parse_options(argc, argv,
-                             OPTION_URL | OPTION_TIMEOUT | OPTION_LOG_LEVEL | OPTION_PRETTY,
+                             OPTION_URL | OPTION_TIMEOUT | OPTION_LOG_LEVEL | OPTION_PRETTY |
+                                 OPTION_TLS,
                              call_usage, "warn", &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count == 0)

@@ -222,8 +222,12 @@ static void join(struct printer *p, int parts, int count, int is_object, int all
     for (int i = 1; i <= count; i++) {
       lua_rawgeti(L, parts, i);
       int length = (int)lua_rawlen(L, -1);
-      if (i > 1) luaL_addchar(&b, ',');
-      if (i > 1 && at + 1 + length + 1 <= p->options.width) {
+      if (i > 1) {
+        luaL_addchar(&b, ',');
+        at++;
+      }
+      /* the line with a space, the item and the comma that may follow it */
+      if (i > 1 && at + 1 + length + (i < count) <= p->options.width) {
         luaL_addchar(&b, ' ');
         at += 1;
       } else {

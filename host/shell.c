@@ -119,11 +119,8 @@ static int setup(lua_State *L) {
   lua_setglobal(L, "delegate");
   lua_getglobal(L, "delegate");
   lua_getfield(L, -1, "delegator");
-  lua_createtable(L, 0, 1);
-  if (options->url) {
-    lua_pushstring(L, options->url);
-    lua_setfield(L, -2, "url");
-  }
+  lua_createtable(L, 0, 2);
+  apply_connection_options(L, -1, options);
   lua_call(L, 1, 1);
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, DELEGATOR_KEY); /* before start: stopped on any exit */
@@ -252,6 +249,13 @@ static void execute(lua_State *L) {
   lua_sethook(L, NULL, 0, 0);
   catch_interrupts(); /* a Ctrl-C while it ran left SIG_DFL */
   if (status != LUA_OK) {
+    int by_ctrl_c = interrupted;
+    if (lua_type(L, -1) == LUA_TTABLE) { /* the core ends a waiting call with INTERRUPTED */
+      lua_getfield(L, -1, "code");
+      by_ctrl_c |= lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "INTERRUPTED") == 0;
+      lua_pop(L, 1);
+    }
+    if (by_ctrl_c && isatty(STDIN_FILENO)) fputc('\n', stdout); /* after the echoed ^C */
     print_error(L);
   } else if (lua_gettop(L) >= base) {
     lua_pushcfunction(L, print_values);
@@ -328,7 +332,8 @@ static void repl(lua_State *L) {
 int command_shell(int argc, char **argv, const char *usage) {
   log_set_level(LOG_WARN);
   struct options options;
-  int status = parse_options(argc, argv, OPTION_URL | OPTION_LOG_LEVEL, usage, "warn", &options);
+  int status =
+      parse_options(argc, argv, OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS, usage, "warn", &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count > 0)
     return fail(EXIT_USAGE, "shell takes no arguments (see amqp-delegate shell --help)");

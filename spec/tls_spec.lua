@@ -65,3 +65,25 @@ describe("TLS", function()
     assert.matches("unknown option 'ca' for tls", err.message)
   end)
 end)
+
+describe("TLS from the command line", function()
+  local broker = require "spec.helpers.broker"
+  local support = require "spec.support"
+  after_each(function() broker.kill_all() end)
+
+  it("run and call take --ca-file, --cert-file and --key-file", function()
+    support.host({ "scripts/adder.lua" }, { url = url,
+      flags = { "--ca-file", tls_dir .. "/ca.pem", "--cert-file", tls_dir .. "/client.pem",
+        "--key-file", tls_dir .. "/client.key" } })
+    local binary = broker.shell_quote(support.host_binary())
+    local out, status, err = broker.run(binary .. " call --url " .. broker.shell_quote(url) ..
+      " --ca-file " .. broker.shell_quote(tls_dir .. "/ca.pem") .. " adder 10 15")
+    assert.are.equal(0, status, err)
+    assert.are.equal("25\n", out)
+    out, status, err = broker.run(binary .. " call --url " .. broker.shell_quote(url) ..
+      " --ca-file " .. broker.shell_quote(tls_dir .. "/other-ca.pem") .. " adder 10 15")
+    assert.are.equal(3, status)
+    assert.matches("CONNECTION_FAILED: .*TLS: SSL peer cert verification failed", err)
+    assert.falsy(err:find("guest:guest", 1, true))
+  end)
+end)
