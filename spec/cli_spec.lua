@@ -1,0 +1,246 @@
+-- The command line: `amqp-delegate call`, --help/--version of every command, exit codes,
+-- log lines, and passwords that never show.
+local broker = require "spec.helpers.broker"
+local support = require "spec.support"
+
+local q = broker.shell_quote
+
+-- Runs the host executable with the given words (quoted here); returns stdout, status, stderr.
+local function host(...)
+  local words = { q(support.host_binary()) }
+  for _, word in ipairs({ ... }) do words[#words + 1] = q(word) end
+  return broker.run(table.concat(words, " "))
+end
+
+-- The broker URL with another password (the broker refuses it).
+local function url_with_password(password)
+  return (broker.url():gsub("^(amqp://[^:/@]+):[^@]*@", "%1:" .. password .. "@"))
+end
+
+describe("amqp-delegate call", function()
+  setup(function()
+    support.host({ "scripts/adder.lua", "spec/workers/values.lua", "spec/workers/failing.lua",
+      "spec/workers/slow.lua" }, { flags = { "--concurrency", "4" } })
+  end)
+  teardown(function() broker.kill_all() end)
+
+  it("prints the JSON result on stdout and exits 0: call adder 10 15 -> 25", function()
+    local out, status, err = host("call", "--url", broker.url(), "adder", "10", "15")
+    assert.are.equal(0, status, err)
+    assert.are.equal("25\n", out)
+    assert.are.equal("", err)
+  end)
+
+  it("takes each ARG as JSON and prints the result as JSON", function()
+    local out, status, err = host("call", "--url", broker.url(), "lua_echo", '{"a":[1,2]}')
+    assert.are.equal(0, status, err)
+    assert.are.equal('{"a":[1,2]}\n', out)
+    out, status, err = host("call", "--url", broker.url(), "lua_describe", '"x"', "2.5", "null", "[]", "{}", "-3")
+    assert.are.equal(0, status, err)
+    assert.are.equal('"string 78,float 2.5,nil,amqp_delegate.array 0,amqp_delegate.object 0,integer -3"\n', out)
+  end)
+
+  it("takes the URL from $AMQP_URL when --url is not given", function()
+    local out, status, err = broker.run("AMQP_URL=" .. q(broker.url()) .. " "
+      .. q(support.host_binary()) .. " call adder 1 2")
+    assert.are.equal(0, status, err)
+    assert.are.equal("3\n", out)
+  end)
+
+  it("prints the result indented with --pretty", function()
+    local out, status, err = host("call", "--url", broker.url(), "--pretty", "lua_echo",
+      '{"users":[{"name":"ada","roles":["admin","dev"],"age":36},{"name":"grace","roles":[],"age":85,"meta":{"k":"v"}}],"total":2}')
+    assert.are.equal(0, status, err)
+    assert.are.equal([[
+{
+  "total": 2,
+  "users": [
+    {"age": 36, "name": "ada", "roles": ["admin", "dev"]},
+    {"age": 85, "meta": {"k": "v"}, "name": "grace", "roles": []}
+  ]
+}
+]], out)
+  end)
+
+  it("exits 1 with CODE: message on stderr when the task fails", function()
+    local out, status, err = host("call", "--url", broker.url(), "adder", '"x"', "1")
+    assert.are.equal(1, status)
+    assert.are.equal("", out)
+    assert.matches("^TASK_FAILED: [^\n]*adder%.lua:6: attempt to add a 'string' with a 'number'\n$", err)
+    out, status, err = host("call", "--url", broker.url(), "lua_fail_coded")
+    assert.are.equal(1, status)
+    assert.are.equal("NOT_FOUND: no such user\n", err)
+  end)
+
+  it("exits 1 with NO_ROUTE when nobody serves the name", function()
+    local out, status, err = host("call", "--url", broker.url(), "nobody_serves_this", "1")
+    assert.are.equal(1, status)
+    assert.are.equal("", out)
+    assert.matches("^NO_ROUTE: no worker serves 'nobody_serves_this'", err)
+  end)
+
+  it("exits 2 for an ARG that is not JSON, before connecting", function()
+    -- port 1 refuses connections: a usage error must come first
+    local out, status, err = host("call", "--url", "amqp://guest:guest@127.0.0.1:1/", "adder", "hello", "1")
+    assert.are.equal(2, status)
+    assert.are.equal("", out)
+    assert.matches("BAD_ARGUMENT: ARG 1 is not JSON", err)
+  end)
+
+  it("exits 2 for usage errors: no NAME, an unknown option, a bad --timeout, a bad URL", function()
+    local _, status, err = host("call")
+    assert.are.equal(2, status)
+    assert.matches("call needs a worker NAME", err)
+    _, status, err = host("call", "--frobnicate", "adder")
+    assert.are.equal(2, status)
+    assert.matches("unknown option %-%-frobnicate", err)
+    _, status, err = host("call", "--timeout", "soon", "adder")
+    assert.are.equal(2, status)
+    assert.matches("%-%-timeout takes a number of seconds", err)
+    _, status, err = host("call", "--url", "http://guest:s3cret@example.invalid/", "adder")
+    assert.are.equal(2, status)
+    assert.matches("BAD_URL", err)
+    assert.falsy(err:find("s3cret", 1, true))
+  end)
+
+  it("exits 3 when it cannot connect, naming host and port but not the password", function()
+    local out, status, err = host("call", "--url", "amqp://guest:s3cret@127.0.0.1:1/", "adder", "1", "2")
+    assert.are.equal(3, status)
+    assert.are.equal("", out)
+    assert.matches("^CONNECTION_FAILED: cannot connect to 127%.0%.0%.1:1", err)
+    assert.falsy(err:find("s3cret", 1, true))
+  end)
+
+  it("exits 3 when the broker refuses the password, and does not print it", function()
+    local out, status, err = host("call", "--url", url_with_password("n0t-the-pa55"), "adder", "1", "2")
+    assert.are.equal(3, status)
+    assert.are.equal("", out)
+    assert.matches("^AUTH_FAILED:", err)
+    assert.falsy(err:find("n0t-the-pa55", 1, true))
+  end)
+
+  it("exits 4 with TIMEOUT when no reply comes within --timeout", function()
+    local started = broker.now()
+    local out, status, err = host("call", "--url", broker.url(), "--timeout", "0.5", "cli_slow", "5")
+    assert.are.equal(4, status)
+    assert.are.equal("", out)
+    assert.matches("^TIMEOUT: ", err)
+    assert.is_true(broker.now() - started < 4, "took " .. (broker.now() - started) .. " s")
+    -- and a timeout long enough lets the reply through
+    out, status, err = host("call", "--url", broker.url(), "--timeout=5", "cli_slow", "0.2")
+    assert.are.equal(0, status, err)
+    assert.are.equal('"late"\n', out)
+  end)
+
+  it("hides the password of --url from ps while it runs", function()
+    local p = broker.spawn(q(support.host_binary()) .. " call --url " .. q(broker.url())
+      .. " cli_slow 1")
+    local password = broker.url():match("^amqp://[^:/@]+:([^@]*)@")
+    assert.is_not_nil(password)
+    local cmdline
+    assert.truthy(broker.eventually(function()
+      cmdline = (broker.read_file("/proc/" .. p:pid() .. "/cmdline") or ""):gsub("%z", " ")
+      return cmdline:find("*@", 1, true)
+    end, 5), cmdline)
+    assert.falsy(cmdline:find(":" .. password .. "@", 1, true), cmdline)
+    assert.are.equal(0, p:wait_exit(10), p:output())
+    assert.matches('"late"', p:output())
+    p:kill()
+  end)
+end)
+
+describe("amqp-delegate --help and --version", function()
+  it("answers --help and --version at the top and for every command", function()
+    local out, status = host("--help")
+    assert.are.equal(0, status)
+    assert.matches("usage: amqp%-delegate COMMAND", out)
+    for _, command in ipairs({ "run", "call", "shell" }) do
+      assert.matches("\n  " .. command .. " ", out)
+    end
+    assert.matches("exit status:", out)
+    for _, command in ipairs({ "run", "call", "shell" }) do
+      out, status = host(command, "--help")
+      assert.are.equal(0, status, command)
+      assert.matches("^usage: amqp%-delegate " .. command .. " ", out)
+      assert.matches("%-%-url URL", out)
+      assert.matches("%-%-log%-level LEVEL", out)
+      out, status = host("help", command)
+      assert.are.equal(0, status, command)
+      assert.matches("^usage: amqp%-delegate " .. command .. " ", out)
+      out, status = host(command, "--version")
+      assert.are.equal(0, status, command)
+      assert.matches("^amqp%-delegate %d+%.%d+%.%d+ %(Lua 5%.4", out)
+    end
+    out, status = host("--version")
+    assert.are.equal(0, status)
+    assert.matches("^amqp%-delegate %d+%.%d+%.%d+", out)
+    out, status = host("call", "--help")
+    assert.matches("%-%-timeout SECONDS", out)
+    assert.matches("4 +TIMEOUT", out)
+  end)
+
+  it("exits 2 with the usage on an unknown command or none", function()
+    local out, status, err = host("frobnicate")
+    assert.are.equal(2, status)
+    assert.are.equal("", out)
+    assert.matches("unknown command 'frobnicate'", err)
+    assert.matches("usage: amqp%-delegate COMMAND", err)
+    _, status, err = host()
+    assert.are.equal(2, status)
+    assert.matches("usage: amqp%-delegate COMMAND", err)
+  end)
+
+  it("never echoes a password from the command line in its errors", function()
+    local secret = "amqp://guest:s3cret@127.0.0.1:1/"
+    local cases = {
+      { "run", "--concurrency", secret, "scripts/adder.lua" },
+      { "run", "--url", secret, "--log-level", secret, "scripts/adder.lua" },
+      { "run", secret },
+      { "call", "--timeout", secret, "adder" },
+      { "call", "--url", secret, "--bogus", secret },
+      { "shell", "--url", secret, secret },
+      { "--url", secret, "call", "adder" },
+    }
+    for _, words in ipairs(cases) do
+      local out, status, err = host(table.unpack(words))
+      assert.is_true(status ~= 0, table.concat(words, " "))
+      assert.falsy((out .. err):find("s3cret", 1, true), table.concat(words, " ") .. ":\n" .. out .. err)
+    end
+  end)
+end)
+
+describe("amqp-delegate run", function()
+  after_each(function() broker.kill_all() end)
+
+  it("logs one line per event with time and level, and the URL without its password", function()
+    local p = support.host({ "scripts/adder.lua" }, { flags = { "--log-level", "info" } })
+    local out, status, err = host("call", "--url", broker.url(), "adder", "2", "2")
+    assert.are.equal(0, status, err)
+    assert.are.equal("4\n", out)
+    p:signal("TERM")
+    assert.are.equal(0, p:wait_exit(10))
+    local output = p:output()
+    local password = broker.url():match("^amqp://[^:/@]+:([^@]*)@")
+    assert.falsy(output:find(":" .. password .. "@", 1, true), output)
+    local lines = 0
+    for line in output:gmatch("[^\n]+") do
+      if line ~= "ready" then
+        assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ [A-Z]+ +%S", line)
+        lines = lines + 1
+      end
+    end
+    assert.is_true(lines >= 2, output)
+    assert.matches("Z INFO  worker 'adder' ready on 127%.0%.0%.1:" .. broker.port(), output)
+  end)
+
+  it("exits 2 for usage errors", function()
+    local _, status, err = host("run")
+    assert.are.equal(2, status)
+    assert.matches("run needs at least one worker FILE", err)
+    _, status, err = host("run", "--concurrency", "0", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("%-%-concurrency takes 1 to 65535", err)
+    _, status = host("run", "--timeout", "1", "scripts/adder.lua")
+    assert.are.equal(2, status)
+  end)
+end)
