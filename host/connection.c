@@ -225,11 +225,20 @@ static int on_frame(struct connection *connection, const amqp_frame_t *frame,
   }
 }
 
+/* Reads every frame rabbitmq-c can give without blocking. The first read
+ * always happens (it also sends and checks heartbeats); later ones only while
+ * rabbitmq-c holds buffered data: asking the socket again would cost a recv
+ * and a poll that find nothing, and epoll (level-triggered) wakes us for
+ * whatever the kernel still holds. */
 static void drain(struct connection *connection) {
   static const struct timeval immediately = {0, 0};
   struct ad_error error;
   connection->draining = 1;
-  while (connection->alive && !connection->close_requested) {
+  int first = 1;
+  while (connection->alive && !connection->close_requested &&
+         (first || amqp_frames_enqueued(connection->amqp) ||
+          amqp_data_in_buffer(connection->amqp))) {
+    first = 0;
     amqp_frame_t frame;
     struct timeval timeout = immediately;
     int status = amqp_simple_wait_frame_noblock(connection->amqp, &frame, &timeout);

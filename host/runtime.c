@@ -99,30 +99,48 @@ int runtime_run_until(struct runtime *runtime, const int *done) {
 
 void runtime_wake(struct runtime *runtime) { uv_stop(&runtime->loop); }
 
-static void on_interrupt(uv_signal_t *handle, int signal_number) {
+/* Ctrl-C must end a wait that blocks in epoll; Lua's own handler (lua.c)
+ * only acts when Lua code runs again. During a plain wait our handler
+ * replaces it (one sigaction to install, one to restore: this is on the path
+ * of every call) and wakes the loop with an async handle, which is safe to
+ * send from a signal handler. */
+static struct runtime *volatile waiting_runtime;
+
+static void on_sigint(int signal_number) {
   (void)signal_number;
-  struct runtime *runtime = handle->data;
+  struct runtime *runtime = waiting_runtime;
+  if (!runtime) return;
   runtime->interrupted = 1;
-  runtime_wake(runtime);
+  uv_async_send(runtime->interrupt);
 }
 
-/* Ctrl-C must end a wait that blocks in epoll; Lua's own handler (lua.c)
- * only acts when Lua code runs again. Returns 1 when installed. */
+static void on_interrupt(uv_async_t *handle) { runtime_wake(handle->data); }
+
 static int catch_interrupts(struct runtime *runtime, struct sigaction *previous) {
-  if (sigaction(SIGINT, NULL, previous) != 0 || previous->sa_handler == SIG_IGN) return 0;
   if (!runtime->interrupt) {
     runtime->interrupt = malloc(sizeof *runtime->interrupt);
     if (!runtime->interrupt) return 0;
-    uv_signal_init(&runtime->loop, runtime->interrupt);
+    uv_async_init(&runtime->loop, runtime->interrupt, on_interrupt);
     runtime->interrupt->data = runtime;
+    uv_unref((uv_handle_t *)runtime->interrupt); /* never keeps the loop alive */
   }
+  struct sigaction ours;
+  memset(&ours, 0, sizeof ours);
+  ours.sa_handler = on_sigint;
+  sigemptyset(&ours.sa_mask);
   runtime->interrupted = 0;
-  return uv_signal_start(runtime->interrupt, on_interrupt, SIGINT) == 0;
+  waiting_runtime = runtime;
+  if (sigaction(SIGINT, &ours, previous) != 0) return 0;
+  if (previous->sa_handler == SIG_IGN) { /* nohup and friends: leave it ignored */
+    sigaction(SIGINT, previous, NULL);
+    return 0;
+  }
+  return 1;
 }
 
-static void release_interrupts(struct runtime *runtime, const struct sigaction *previous) {
-  uv_signal_stop(runtime->interrupt);
+static void release_interrupts(const struct sigaction *previous) {
   sigaction(SIGINT, previous, NULL);
+  waiting_runtime = NULL;
 }
 
 int runtime_wait(struct runtime *runtime, const int *done) {
@@ -134,7 +152,7 @@ int runtime_wait(struct runtime *runtime, const int *done) {
   int alive = 1;
   while (!*done && alive && !runtime->interrupted) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
   runtime->running = 0;
-  if (catching) release_interrupts(runtime, &previous);
+  if (catching) release_interrupts(&previous);
   if (*done) return WAIT_DONE;
   if (runtime->interrupted) {
     runtime->interrupted = 0;

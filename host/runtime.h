@@ -4,6 +4,7 @@
 #ifndef AD_RUNTIME_H
 #define AD_RUNTIME_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include <lua.h>
@@ -41,8 +42,8 @@ struct runtime {
   lua_State *L;   /* the loop's own thread: callbacks work on its stack */
   int running;    /* inside uv_run: waiting again there would re-enter libuv */
   int signals_seen;
-  int interrupted;           /* SIGINT during a plain wait */
-  uv_signal_t *interrupt;    /* started only during plain waits */
+  volatile sig_atomic_t interrupted; /* SIGINT during a plain wait */
+  uv_async_t *interrupt;             /* wakes the loop from the SIGINT handler */
   struct fiber *fibers;
   struct service *services;
 };
