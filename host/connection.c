@@ -201,8 +201,7 @@ static int on_method(struct connection *connection, const amqp_frame_t *frame,
       return -1;
     }
     case AMQP_BASIC_CANCEL_METHOD:
-      error_set(error, ERR_BROKER_ERROR,
-                "%s: the broker cancelled the consumer (queue deleted?)", connection->endpoint);
+      error_from_close_method(error, method, connection->endpoint);
       return -1;
     default:
       return 0; /* nothing else concerns us (e.g. basic.cancel-ok after stop) */
@@ -367,15 +366,7 @@ static int log_in(struct connection *connection, const struct amqp_url *url,
   char doing[sizeof url->redacted + 400];
   snprintf(doing, sizeof doing, "logging in to %s as '%s' (%s)", connection->endpoint,
            url->info.user, url->redacted);
-  error_from_rpc_reply(error, reply, doing);
-  /* RabbitMQ answers bad credentials with ACCESS_REFUSED, or by closing
-   * the socket during the handshake. */
-  if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-      reply.library_error == AMQP_STATUS_CONNECTION_CLOSED)
-    error_set(error, ERR_AUTH_FAILED, "%s: the broker closed the connection "
-              "(wrong user or password, or no access to vhost '%s')", doing, url->info.vhost);
-  else if (strcmp(error->code, ERR_AUTH_FAILED) != 0)
-    snprintf(error->code, sizeof error->code, "%s", ERR_CONNECTION_FAILED);
+  error_from_login(error, reply, doing, url->info.vhost);
   return -1;
 }
 

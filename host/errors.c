@@ -58,6 +58,9 @@ void error_from_close_method(struct ad_error *error, const amqp_method_t *method
   } else if (method->id == AMQP_CHANNEL_CLOSE_METHOD) {
     const amqp_channel_close_t *close = method->decoded;
     close_reply(error, doing, close->reply_code, close->reply_text, "channel");
+  } else if (method->id == AMQP_BASIC_CANCEL_METHOD) {
+    error_set(error, ERR_BROKER_ERROR, "%s: the broker cancelled the consumer (queue deleted?)",
+              doing);
   } else {
     error_set(error, ERR_BROKER_ERROR, "%s: unexpected method 0x%08x from the broker",
               doing, (unsigned)method->id);
@@ -95,4 +98,19 @@ void error_set_code(struct ad_error *error, const char *code, size_t length,
   }
   memcpy(error->code, code, length);
   error->code[length] = '\0';
+}
+
+/* RabbitMQ answers bad credentials with ACCESS_REFUSED, or by closing the
+ * socket during the handshake; anything else while logging in means the
+ * connection could not be made. */
+void error_from_login(struct ad_error *error, amqp_rpc_reply_t reply, const char *doing,
+                      const char *vhost) {
+  error_from_rpc_reply(error, reply, doing);
+  if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+      reply.library_error == AMQP_STATUS_CONNECTION_CLOSED)
+    error_set(error, ERR_AUTH_FAILED,
+              "%s: the broker closed the connection (wrong user or password, or no access "
+              "to vhost '%s')", doing, vhost);
+  else if (strcmp(error->code, ERR_AUTH_FAILED) != 0)
+    copy_code(error, ERR_CONNECTION_FAILED);
 }

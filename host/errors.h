@@ -51,7 +51,13 @@ void error_set_code(struct ad_error *error, const char *code, size_t length,
 int error_from_rpc_reply(struct ad_error *error, amqp_rpc_reply_t reply,
                          const char *doing);
 
-/* A close method the broker sent on its own (frame payload method). */
+/* A failed amqp_login: AUTH_FAILED when the broker refused the credentials,
+ * else CONNECTION_FAILED. */
+void error_from_login(struct ad_error *error, amqp_rpc_reply_t reply, const char *doing,
+                      const char *vhost);
+
+/* A method the broker sent on its own that ends our use of the connection:
+ * connection.close, channel.close, or basic.cancel of our consumer. */
 void error_from_close_method(struct ad_error *error, const amqp_method_t *method,
                              const char *doing);
 
