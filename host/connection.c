@@ -358,10 +358,22 @@ static int log_in(struct connection *connection, const struct amqp_url *url,
                   struct ad_error *error) {
   struct timeval rpc_timeout = {30, 0};
   amqp_set_rpc_timeout(connection->amqp, &rpc_timeout);
-  amqp_rpc_reply_t reply =
-      amqp_login(connection->amqp, url->info.vhost, 0, 131072,
-                 connection->options.heartbeat_seconds, AMQP_SASL_METHOD_PLAIN,
-                 url->info.user, url->info.password);
+  /* consumer_cancel_notify: without it RabbitMQ stops delivering to a
+   * consumer whose queue was deleted and says nothing. */
+  amqp_table_entry_t capabilities[2] = {
+      {amqp_cstring_bytes("consumer_cancel_notify"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+      {amqp_cstring_bytes("authentication_failure_close"),
+       {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
+  amqp_table_entry_t properties[2] = {
+      {amqp_cstring_bytes("product"),
+       {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("amqp-delegate for Lua")}}},
+      {amqp_cstring_bytes("capabilities"),
+       {AMQP_FIELD_KIND_TABLE, {.table = {2, capabilities}}}}};
+  amqp_table_t client_properties = {2, properties};
+  amqp_rpc_reply_t reply = amqp_login_with_properties(
+      connection->amqp, url->info.vhost, 0, AMQP_DEFAULT_FRAME_SIZE,
+      connection->options.heartbeat_seconds, &client_properties, AMQP_SASL_METHOD_PLAIN,
+      url->info.user, url->info.password);
   if (reply.reply_type == AMQP_RESPONSE_NORMAL) return 0;
   char doing[sizeof url->redacted + 400];
   snprintf(doing, sizeof doing, "logging in to %s as '%s' (%s)", connection->endpoint,
