@@ -180,7 +180,7 @@ static void on_reply(void *handler_context, const struct message *message) {
   struct call *call = take_call(delegator, &message->correlation_id);
   if (!call) { /* late (after its timeout), a duplicate, or not ours */
     delegator->stats.unknown_replies++;
-    log_line(LOG_DEBUG, "reply with unknown correlation id '%s' dropped (%lu so far)",
+    log_line(LOG_WARN, "reply with unknown correlation id '%s' dropped (%lu so far)",
              message->correlation_id.present ? message->correlation_id.bytes : "",
              delegator->stats.unknown_replies);
     return;
