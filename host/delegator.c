@@ -354,7 +354,8 @@ static struct call *new_call(lua_State *L, struct delegator *delegator, int self
   lua_pushvalue(L, self);
   lua_setiuservalue(L, -2, 1);
   call->delegator = delegator;
-  snprintf(call->worker, sizeof call->worker, "%s", name);
+  size_t length = strlen(name); /* < SHORT_STRING_MAX: checked by the binding */
+  memcpy(call->worker, name, length + 1);
   new_correlation_id(delegator, &call->correlation_id);
   return call;
 }

@@ -66,6 +66,7 @@ void runtime_open(lua_State *L) {
   runtime->services = NULL;
   runtime->interrupted = 0;
   runtime->interrupt = NULL;
+  runtime->spare_count = 0;
   luaL_newmetatable(L, RUNTIME_MT);
   lua_pushcfunction(L, runtime_gc);
   lua_setfield(L, -2, "__gc");
@@ -197,21 +198,37 @@ int runtime_protected(struct runtime *runtime, lua_CFunction fn, void *arg, cons
 
 /* ---- fibers ---- */
 
+/* Pushes the thread itself (the key of its FIBERS entry) on L. */
+static void push_thread(lua_State *L, lua_State *thread) {
+  lua_pushthread(thread);
+  lua_xmove(thread, L, 1);
+}
+
+/* A thread for a new fiber: a spare one (reset, still anchored in FIBERS)
+ * when there is one, since every request runs in a fiber; else a new one,
+ * anchored before the memory that will name it exists. */
+static lua_State *take_thread(struct runtime *runtime, lua_State *L) {
+  if (runtime->spare_count > 0) return runtime->spare_threads[--runtime->spare_count];
+  lua_State *thread = lua_newthread(L);
+  lua_pushboolean(L, 0);
+  lua_rawset(L, -3);
+  return thread;
+}
+
 struct fiber *fiber_create(struct runtime *runtime, fiber_finish_fn finish,
                            size_t context_size) {
   lua_State *L = runtime->L;
   lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
-  lua_State *thread = lua_newthread(L);
-  lua_pushboolean(L, 1); /* the entry exists before the memory it will name */
-  lua_rawset(L, -3);
+  lua_State *thread = take_thread(runtime, L);
   struct fiber *fiber = calloc(1, sizeof *fiber + context_size);
-  lua_pushthread(thread);
-  lua_xmove(thread, L, 1);
-  if (fiber) lua_pushlightuserdata(L, fiber);
-  else lua_pushnil(L);
+  if (!fiber) {
+    runtime->spare_threads[runtime->spare_count++] = thread; /* it was spare or new */
+    luaL_error(L, "out of memory");
+  }
+  push_thread(L, thread);
+  lua_pushlightuserdata(L, fiber);
   lua_rawset(L, -3); /* the key exists: no allocation, cannot raise */
   lua_pop(L, 1);
-  if (!fiber) luaL_error(L, "out of memory");
   fiber->runtime = runtime;
   fiber->thread = thread;
   fiber->finish = finish;
@@ -224,13 +241,16 @@ struct fiber *fiber_create(struct runtime *runtime, fiber_finish_fn finish,
 static void fiber_free(struct fiber *fiber) {
   struct runtime *runtime = fiber->runtime;
   lua_State *L = runtime->L;
-  lua_resetthread(fiber->thread); /* closes pending to-be-closed variables */
+  /* Closes pending to-be-closed variables and leaves the thread fresh. */
+  int reusable = lua_resetthread(fiber->thread) == LUA_OK &&
+                 runtime->spare_count < RUNTIME_SPARE_THREADS;
   lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
-  lua_pushthread(fiber->thread);
-  lua_xmove(fiber->thread, L, 1);
-  lua_pushnil(L);
-  lua_rawset(L, -3); /* removing a key never allocates */
+  push_thread(L, fiber->thread);
+  if (reusable) lua_pushboolean(L, 0); /* stays anchored, no fiber */
+  else lua_pushnil(L);
+  lua_rawset(L, -3); /* the key exists: no allocation, cannot raise */
   lua_pop(L, 1);
+  if (reusable) runtime->spare_threads[runtime->spare_count++] = fiber->thread;
   if (fiber->previous) fiber->previous->next = fiber->next;
   else runtime->fibers = fiber->next;
   if (fiber->next) fiber->next->previous = fiber->previous;

@@ -37,6 +37,8 @@ struct service {
   struct service *previous, *next;
 };
 
+#define RUNTIME_SPARE_THREADS 64
+
 struct runtime {
   uv_loop_t loop;
   lua_State *L;   /* the loop's own thread: callbacks work on its stack */
@@ -46,6 +48,8 @@ struct runtime {
   uv_async_t *interrupt;             /* wakes the loop from the SIGINT handler */
   struct fiber *fibers;
   struct service *services;
+  lua_State *spare_threads[RUNTIME_SPARE_THREADS]; /* finished fibers' threads, reused */
+  int spare_count;
 };
 
 /* Creates the runtime of L's state if it does not exist yet (idempotent). */
