@@ -1,30 +1,24 @@
 -- Calls always end (issue 3) and many calls at once (issue 4): timeouts, pipelined calls,
 -- waiting from plain Lua and from tasks.
 local broker = require "spec.helpers.broker"
+local support = require "spec.support"
 local delegate = require "amqp_delegate"
 
-local function unique(prefix)
-  return string.format("%s_%d_%d", prefix, os.time(), math.random(1e9))
-end
+local unique = support.unique
 
 describe("calls", function()
   local url, delegator, workers
   before_each(function()
     url = broker.url()
-    workers = {}
+    workers = support.in_process_workers(url)
     delegator = delegate.delegator { url = url }:start()
   end)
   after_each(function()
-    for _, worker in ipairs(workers) do pcall(worker.stop, worker) end
+    workers.stop_all()
     pcall(delegator.stop, delegator)
   end)
 
-  local function serve(options)
-    options.url = url
-    local worker = delegate.worker(options):start()
-    workers[#workers + 1] = worker
-    return worker
-  end
+  local function serve(options) return workers.serve(options) end
 
   local function sleeper(name, concurrency)
     return serve { name = name, concurrency = concurrency, task = function(seconds, value)
@@ -62,8 +56,7 @@ describe("calls", function()
 
     it("expire a request nobody took, so no worker serves it late", function()
       local name = unique("calls_expire")
-      sleeper(name) -- declares the queue
-      workers[1]:stop()
+      sleeper(name):stop() -- declares the queue, then nobody serves it
       local ok, err = pcall(delegator.invoke, delegator, { timeout = 0.2 }, name, 0, "stale")
       assert.are.equal("TIMEOUT", err.code)
       delegate.sleep(0.3)

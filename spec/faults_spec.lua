@@ -4,9 +4,7 @@ local broker = require "spec.helpers.broker"
 local support = require "spec.support"
 local delegate = require "amqp_delegate"
 
-local function unique(prefix)
-  return string.format("%s_%d_%d", prefix, os.time(), math.random(1e9))
-end
+local unique = support.unique
 
 local function sleeper_host(name, concurrency)
   return support.host({ "spec/workers/sleeper.lua" },

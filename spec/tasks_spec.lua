@@ -1,26 +1,22 @@
 -- Tasks run as coroutines on the loop: waiting inside a task (sleep, calling another worker)
 -- yields to the loop instead of blocking it.
 local broker = require "spec.helpers.broker"
+local support = require "spec.support"
 local delegate = require "amqp_delegate"
 
 describe("tasks on the loop", function()
   local url, delegator, workers
   before_each(function()
     url = broker.url()
-    workers = {}
+    workers = support.in_process_workers(url)
     delegator = delegate.delegator { url = url }:start()
   end)
   after_each(function()
-    for _, worker in ipairs(workers) do pcall(worker.stop, worker) end
+    workers.stop_all()
     delegator:stop()
   end)
 
-  local function serve(options)
-    options.url = url
-    local worker = delegate.worker(options):start()
-    workers[#workers + 1] = worker
-    return worker
-  end
+  local function serve(options) return workers.serve(options) end
 
   it("a task may sleep", function()
     serve { name = "tasks_sleeper", task = function(seconds)
@@ -63,7 +59,7 @@ describe("tasks on the loop", function()
 
   it("stop waits for the task in hand, which still replies and acks", function()
     local started = false
-    local name = string.format("tasks_slow_%d_%d", os.time(), math.random(1e6))
+    local name = support.unique("tasks_slow")
     local worker = serve { name = name, task = function(x)
       started = true
       delegate.sleep(0.3)
