@@ -28,6 +28,7 @@
 #include "cli.h"
 #include "pretty.h"
 #include "runtime.h"
+#include "url.h"
 #include "version.h"
 
 int luaopen_amqp_delegate(lua_State *L);
@@ -189,8 +190,9 @@ static void print_usage(const char *usage, const char *default_level) {
 /* --url VALUE: keeps a private copy and overwrites the password in argv, so
  * that ps and /proc/PID/cmdline do not show it. */
 static const char *take_url(char *value) {
-  char *copy = strdup(value);
-  if (!copy) return value;
+  static char copy[URL_MAX_LENGTH]; /* one --url per process: no allocation to leak */
+  if (strlen(value) >= sizeof copy) return value; /* url_parse refuses it, redacted */
+  memcpy(copy, value, strlen(value) + 1);
   char *authority = strstr(value, "://");
   if (authority) {
     authority += 3;

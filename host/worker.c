@@ -237,7 +237,7 @@ static int start_task(lua_State *L) {
   context->reply_to = message->reply_to;
   context->oversized = message->body_too_large ? message->body_length : 0;
   context->body_length = message->body_too_large ? 0 : message->body_length;
-  memcpy(context->body, message->body, context->body_length);
+  if (context->body_length) memcpy(context->body, message->body, context->body_length);
   lua_State *thread = fiber->thread;
   lua_pushcfunction(thread, task_body);
   lua_rawgeti(L, LUA_REGISTRYINDEX, worker->self_ref);

@@ -9,10 +9,18 @@
 # 5. runs the busted specs (spec/*_spec.lua) under Lua 5.4 with, in the environment:
 #      AMQP_URL, AMQP_PORT, RABBITMQ_DIR (for `scripts/rabbitmq.sh ctl $RABBITMQ_DIR ...`),
 #      AMQP_DELEGATE_BUILD (absolute build/), LUA_CPATH (build/ first), PATH (build/ first)
-# Exits with busted's status (and fails when busted ran no test at all).
+# 6. builds build-asan/ with -DAMQP_DELEGATE_SANITIZE=ON (ASan + UBSan), runs its ctest and the
+#    specs again against it (scripts/instrumented-specs.sh asan; reports in build-asan/spec-logs)
+# 7. runs the specs again with busted's lua5.4 and every host under valgrind memcheck
+#    (scripts/instrumented-specs.sh valgrind; reports in build/valgrind-logs)
+# 8. builds the libFuzzer targets in build-fuzz/ with clang and runs each for FUZZ_SECONDS
+# Stages 6-8 run even when an earlier spec stage failed. Exits non-zero when busted failed or
+# ran no test, or any later stage failed (a failed spec, a sanitizer or valgrind report, a
+# fuzzer crash); prints the time of each stage.
 #
-# Knobs: BUSTED_TIMEOUT (seconds for the whole busted run, default 1800), BUILD_TYPE
-# (default RelWithDebInfo), KEEP_BROKER=1 (leave the node and its dir for a post-mortem).
+# Knobs: BUSTED_TIMEOUT (seconds for each busted run, default 1800), BUILD_TYPE
+# (default RelWithDebInfo), KEEP_BROKER=1 (leave the node and its dir for a post-mortem),
+# SANITIZE=0, VALGRIND=0, FUZZ=0 (skip stage 6, 7, 8), FUZZ_SECONDS (default 30).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -21,28 +29,36 @@ BUILD="$ROOT/build"
 BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo}
 BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1800}
 
-section() { printf '\n==================== %s ====================\n' "$*"; }
+# Every section is timed until the next one starts; the times are printed at the end.
+stage_name="" stage_t0=$SECONDS stage_times=()
+section() {
+    [ -n "$stage_name" ] && stage_times+=("$(printf '%5ds  %s' $((SECONDS - stage_t0)) "$stage_name")")
+    stage_name=$*
+    stage_t0=$SECONDS
+    [ $# -gt 0 ] && printf '\n==================== %s ====================\n' "$*"
+    return 0
+}
 die() { echo "test.sh: error: $*" >&2; exit 1; }
 
 t_start=$SECONDS
 
-section "1/5 dependencies"
+section "1/8 dependencies"
 bash "$ROOT/scripts/install-deps.sh"
 echo "dependencies ok"
 
-section "2/5 build (CMake, $BUILD_TYPE)"
+section "2/8 build (CMake, $BUILD_TYPE)"
 [ -f "$ROOT/CMakeLists.txt" ] || die "CMakeLists.txt not found in $ROOT: nothing to build"
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" || die "cmake configure failed"
 cmake --build "$BUILD" -j2 || die "build failed"
 
-section "3/5 C unit tests (ctest)"
+section "3/8 C unit tests (ctest)"
 if [ -f "$BUILD/CTestTestfile.cmake" ]; then
     ctest --test-dir "$BUILD" --output-on-failure || die "C unit tests failed"
 else
     echo "no CTest tests configured"
 fi
 
-section "4/5 private RabbitMQ node"
+section "4/8 private RabbitMQ node"
 RABBITMQ_DIR=$(mktemp -d /tmp/amqp-delegate-test.XXXXXX)
 # spec/helpers/broker.lua records the pid of every process it spawns here (each leads its own
 # process group and carries this variable), so that an interrupted run leaves nothing behind
@@ -117,7 +133,7 @@ export LUA_CPATH="$BUILD/?.so;;"
 unset LUA_CPATH_5_4   # it would take precedence over LUA_CPATH in Lua 5.4
 export PATH="$BUILD:$PATH"
 
-section "5/5 specs (busted, Lua 5.4)"
+section "5/8 specs (busted, Lua 5.4)"
 log="$AMQP_DELEGATE_TMPDIR/busted.log"
 # Busted runs in its own process group, in the background, so that INT/TERM reach our traps at
 # once and the cleanup can stop it. (No --lua=lua5.4: we already run it under lua5.4, and that
@@ -149,7 +165,67 @@ if [ "$status" = 0 ] && [ $((passed + failed + errors)) = 0 ]; then
 fi
 # busted failed without a count of failures (crash, timeout, a spec file that does not load)
 [ "$status" != 0 ] && [ $((failed + errors)) = 0 ] && errors=1
+
+# ---- stages 6-8 (issue 3, points 10 and 11)
+later=()   # one "stage: result" line each
+overall=$status
+stage_failed() { later+=("$1: FAILED${2:+ ($2)}"); overall=1; }
+
+instrumented() { # MODE BUILD_DIR LOG_DIR [BUSTED ARGS...]: the specs under ASan or valgrind
+    local mode=$1 logs=$3 rc
+    kill_spawned   # nothing left over from the previous run of the specs
+    set +e
+    setsid bash "$ROOT/scripts/instrumented-specs.sh" "$@" </dev/null &
+    busted_pid=$!
+    wait "$busted_pid"
+    rc=$?
+    busted_pid=""
+    set -e
+    if [ "$rc" = 0 ]; then later+=("$(cat "$logs/summary")"); else stage_failed "$mode" "$(cat "$logs/summary" 2>/dev/null || echo "exit $rc")"; fi
+}
+
+if [ "${SANITIZE:-1}" = 1 ]; then
+    section "6/8 AddressSanitizer + UBSan (build-asan)"
+    if cmake -S "$ROOT" -B "$ROOT/build-asan" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DAMQP_DELEGATE_SANITIZE=ON >/dev/null \
+        && cmake --build "$ROOT/build-asan" -j2 >/dev/null; then
+        if ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$ROOT/build-asan" -LE fuzz --output-on-failure; then
+            instrumented asan "$ROOT/build-asan" "$ROOT/build-asan/spec-logs" "$@"
+        else
+            stage_failed "asan" "ctest under ASan"
+        fi
+    else
+        stage_failed "asan" "build-asan does not build"
+    fi
+fi
+
+if [ "${VALGRIND:-1}" = 1 ]; then
+    section "7/8 valgrind memcheck (build)"
+    instrumented valgrind "$BUILD" "$BUILD/valgrind-logs" "$@"
+fi
+
+if [ "${FUZZ:-1}" = 1 ]; then
+    section "8/8 fuzzing (libFuzzer, ${FUZZ_SECONDS:-30}s per target, build-fuzz)"
+    if ! command -v clang >/dev/null; then
+        stage_failed "fuzz" "clang not found"
+    elif CC=clang cmake -S "$ROOT" -B "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
+            -DAMQP_DELEGATE_FUZZ_SECONDS="${FUZZ_SECONDS:-30}" >/dev/null \
+        && cmake --build "$ROOT/build-fuzz" -j2 --target fuzz_json fuzz_url >/dev/null; then
+        if ctest --test-dir "$ROOT/build-fuzz" -L fuzz -j2 --output-on-failure; then
+            later+=("fuzz: $(grep -ohE 'Done [0-9]+ runs in [0-9]+ second' "$ROOT/build-fuzz/Testing/Temporary/LastTest.log" \
+                | sed -E 's/Done ([0-9]+) runs in ([0-9]+) second/\1 runs in \2 s/' | paste -sd, - | sed 's/,/, /g'), no crash")
+        else
+            stage_failed "fuzz" "a fuzzer crashed: reproducer in build-fuzz/fuzz-artifacts/"
+        fi
+    else
+        stage_failed "fuzz" "build-fuzz does not build"
+    fi
+fi
+section
+
 echo
+echo "stage times:"
+printf '%s\n' "${stage_times[@]}"
 echo "total time $((SECONDS - t_start))s"
+printf '%s\n' "${later[@]}"
 echo "busted: $passed passed, $((failed + errors)) failed, $skipped skipped"
-exit "$status"
+exit "$overall"

@@ -132,7 +132,9 @@ describe("amqp-delegate call", function()
     assert.are.equal('"late"\n', out)
   end)
 
-  it("hides the password of --url from ps while it runs", function()
+  -- (valgrind keeps its own copy of the command line, password included, in /proc/PID/cmdline)
+  local it_not_under_valgrind = support.under_valgrind and pending or it
+  it_not_under_valgrind("hides the password of --url from ps while it runs", function()
     local p = broker.spawn(q(support.host_binary()) .. " call --url " .. q(broker.url())
       .. " cli_slow 1")
     local password = broker.url():match("^amqp://[^:/@]+:([^@]*)@")

@@ -3,10 +3,44 @@ local broker = require "spec.helpers.broker"
 
 local support = {}
 
+-- AMQP_DELEGATE_WRAPPER (shell words, e.g. "valgrind --error-exitcode=99 --log-file=DIR/%p.log")
+-- runs every host executable under that command: host_binary() then returns the path of a small
+-- script that execs the wrapper on the real binary (same pid, same arguments), so specs that run
+-- the binary themselves are wrapped as well. scripts/instrumented-specs.sh sets it.
+local wrapped_binary
+
+local function write_wrapper(real, wrapper)
+  local dir = os.getenv("AMQP_DELEGATE_TMPDIR")
+  local path = os.tmpname()
+  if dir and dir ~= "" then
+    local moved = dir .. "/" .. path:match("[^/]+$") .. ".host"
+    if os.rename(path, moved) then path = moved end
+  end
+  local f = assert(io.open(path, "w"))
+  f:write("#!/bin/sh\n", "exec ", wrapper, " ", broker.shell_quote(real), ' "$@"\n')
+  f:close()
+  assert(os.execute("chmod +x " .. broker.shell_quote(path)))
+  -- removed when this module is collected (busted closes the state on exit)
+  support._wrapper_reaper = setmetatable({}, { __gc = function() os.remove(path) end })
+  return path
+end
+
 function support.host_binary()
   local build = os.getenv("AMQP_DELEGATE_BUILD") or (broker.root() .. "/build")
-  return build .. "/amqp-delegate"
+  local real = build .. "/amqp-delegate"
+  local wrapper = os.getenv("AMQP_DELEGATE_WRAPPER")
+  if not wrapper or wrapper == "" then return real end
+  wrapped_binary = wrapped_binary or write_wrapper(real, wrapper)
+  return wrapped_binary
 end
+
+-- How much slower than usual processes run (AMQP_DELEGATE_SLOW, default 1; about 10 under
+-- valgrind): waits for a process to get somewhere are multiplied by it, assertions stay.
+support.slow = tonumber(os.getenv("AMQP_DELEGATE_SLOW") or "") or 1
+
+-- Hosts run under valgrind (AMQP_DELEGATE_WRAPPER): what /proc shows of a host process (its
+-- command line) is then valgrind's, not the host's.
+support.under_valgrind = (os.getenv("AMQP_DELEGATE_WRAPPER") or ""):find("valgrind", 1, true) ~= nil
 
 -- Starts `amqp-delegate run` on the given worker files and waits for "ready".
 function support.host(files, options)
@@ -17,7 +51,11 @@ function support.host(files, options)
   for _, file in ipairs(files) do words[#words + 1] = broker.shell_quote(broker.root() .. "/" .. file) end
   local process = broker.spawn(table.concat(words, " "), { env = options.env })
   if options.wait ~= false then
-    local ready, output = process:wait_for("\nready\n", 20, true)
+    -- "ready" on a line of its own; it may come first when stderr reaches the output file
+    -- later than stdout (under AMQP_DELEGATE_WRAPPER)
+    local function ready_line() return ("\n" .. process:output()):find("\nready\n", 1, true) end
+    broker.eventually(function() return ready_line() or process:status() end, 20 * support.slow, 0.05)
+    local ready, output = ready_line(), process:output()
     if not ready then
       process:kill()
       error("host did not get ready:\n" .. output, 2)
@@ -31,6 +69,28 @@ function support.delegator(options)
   options = options or {}
   options.url = options.url or broker.url()
   return delegate.delegator(options):start()
+end
+
+-- A queue name no earlier run has used (queues outlive a spec on a reused broker).
+function support.unique(prefix)
+  return string.format("%s_%d_%d", prefix, os.time(), math.random(1e9))
+end
+
+-- Workers started in this process, stopped together by stop_all.
+function support.in_process_workers(url)
+  local delegate = require "amqp_delegate"
+  local started = {}
+  return {
+    serve = function(options)
+      options.url = url
+      local worker = delegate.worker(options):start()
+      started[#started + 1] = worker
+      return worker
+    end,
+    stop_all = function()
+      for _, worker in ipairs(started) do pcall(worker.stop, worker) end
+    end,
+  }
 end
 
 return support

@@ -323,9 +323,12 @@ function Process:cleanup()
   spawned[self] = nil
 end
 
--- kills every process spawned by this module and not cleaned up yet (for after_each/teardown)
+-- kills every process spawned by this module and not cleaned up yet (for after_each/teardown);
+-- the grace before KILL grows with AMQP_DELEGATE_SLOW (under valgrind a host needs longer to
+-- stop and check its memory, and a KILLed one is not checked)
 function broker.kill_all()
-  for h in pairs(spawned) do h:kill(2) end
+  local grace = 2 * (tonumber(os.getenv("AMQP_DELEGATE_SLOW") or "") or 1)
+  for h in pairs(spawned) do h:kill(grace) end
 end
 
 -- last resort: when this module is collected (busted closes the state on exit; insulation drops

@@ -12,11 +12,16 @@
 //       tagged    {"worker": TAG, "sum": args[0] + args[1]}
 //       fail      throws an Error (the caller never gets an answer, as with the Node library)
 //       slow      waits args[0] ms, then returns args[0]   (for timeout / competing tests)
+//       stray     first sends a reply with a made-up correlation id (body "stray"), then the
+//                 real reply: args[0]          (a delegator must drop the stray one)
+//       rawbody   replies with the bytes of the string args[0] as the body, not JSON-encoded
+//                 (so "not json" arrives as it is)
 //
 // Prints "ready" on stdout once consuming. SIGTERM / SIGINT: closes channel and connection,
 // exits 0. An unexpected connection loss exits 1. Errors go to stderr.
 'use strict'
 
+const crypto = require('crypto')
 const amqp = require('amqplib')
 
 function parseArgs(argv) {
@@ -32,6 +37,13 @@ function parseArgs(argv) {
     }
   }
   return opts
+}
+
+// a task result sent as these bytes instead of JSON.stringify(result)
+class RawBody {
+  constructor(bytes) {
+    this.bytes = bytes
+  }
 }
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
@@ -50,6 +62,10 @@ function makeTask(task, tag) {
       return () => {
         throw new Error('task failed on purpose')
       }
+    case 'stray':
+      return x => x
+    case 'rawbody':
+      return x => new RawBody(Buffer.from(String(x), 'utf8'))
     case 'slow':
       return async ms => {
         await sleep(ms)
@@ -105,7 +121,13 @@ async function main() {
     try {
       const params = JSON.parse(message.content.toString())
       const result = await task(...params)
-      channel.sendToQueue(replyTo, Buffer.from(JSON.stringify(result)), { correlationId })
+      if (opts.task === 'stray') {
+        const stray = crypto.randomUUID()
+        channel.sendToQueue(replyTo, Buffer.from(JSON.stringify('stray')), { correlationId: stray })
+        console.log(`stray reply sent with correlation id ${stray}`)
+      }
+      const body = result instanceof RawBody ? result.bytes : Buffer.from(JSON.stringify(result))
+      channel.sendToQueue(replyTo, body, { correlationId })
     } catch (err) {
       console.error(`worker.js: task error: ${err.message}`)
     }
