@@ -9,13 +9,18 @@ local q = broker.shell_quote
 local Terminal = {}
 Terminal.__index = Terminal
 
--- Starts `amqp-delegate shell ARGS...` on a pseudo-terminal whose keyboard is a FIFO.
-local function terminal(args)
+-- Starts `amqp-delegate shell ARGS...` (or `command`, a list of words) on a pseudo-terminal
+-- whose keyboard is a FIFO.
+local function terminal(args, command)
   local fifo = os.tmpname()
   os.remove(fifo)
   assert(os.execute("mkfifo " .. q(fifo)))
   local words = { q(support.host_binary()), "shell" }
   for _, arg in ipairs(args or { "--url", broker.url() }) do words[#words + 1] = q(arg) end
+  if command then
+    words = {}
+    for i, word in ipairs(command) do words[i] = q(word) end
+  end
   local process = broker.spawn("script -qfec " .. q(table.concat(words, " ")) .. " /dev/null <" .. q(fifo),
     { env = { TERM = "dumb" } })
   -- read-write: opening never blocks, whether or not `script` opened its end yet
@@ -58,10 +63,22 @@ function Terminal:close()
   self.process:kill()
 end
 
+-- Types a call that waits, then Ctrl-C: the wait ends with INTERRUPTED at the prompt.
+local function interrupt_a_waiting_call(shell, line)
+  local before = #shell:screen()
+  shell.keyboard:write(line .. "\n")
+  shell.keyboard:flush()
+  shell:wait_for(line, 10, before + 1)
+  broker.sleep(0.5) -- the call is now waiting on the loop
+  local screen = shell:type("\3", true)
+  assert.matches("INTERRUPTED: call to 'shell_sleeper' interrupted\n> $", screen)
+end
+
 describe("amqp-delegate shell", function()
   local shell
   setup(function()
     support.host({ "scripts/adder.lua", "spec/workers/values.lua" })
+    support.host({ "spec/workers/sleeper.lua" }, { env = { WORKER_NAME = "shell_sleeper" } })
   end)
   after_each(function()
     if shell then shell:close() end
@@ -144,6 +161,22 @@ describe("amqp-delegate shell", function()
     shell:type("\3", true)
     assert.are.equal("adder(1,^C\n> ", shell:screen():sub(before + 1))
     assert.are.equal("adder(2, 3)\n5\n> ", shell:type("adder(2, 3)"))
+  end)
+
+  it("Ctrl-C while a call waits interrupts that wait; the delegator stays usable", function()
+    shell = terminal()
+    shell:wait_for("\n> ")
+    interrupt_a_waiting_call(shell, 'shell_sleeper(30, "late")')
+    assert.are.equal("adder(2, 3)\n5\n> ", shell:type("adder(2, 3)"))
+  end)
+
+  it("the same in the plain lua5.4 REPL", function()
+    shell = terminal(nil, { "lua5.4", "-i" })
+    shell:wait_for("\n> ")
+    shell:type('delegate = require "amqp_delegate"')
+    shell:type(string.format("d = delegate.delegator { url = %q }:start()", broker.url()))
+    interrupt_a_waiting_call(shell, 'd:invoke("shell_sleeper", 30, "late")')
+    assert.are.equal('d:invoke("adder", 2, 3)\n5\n> ', shell:type('d:invoke("adder", 2, 3)'))
   end)
 
   it("leaves on Ctrl-D, stopping its delegator", function()
