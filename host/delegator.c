@@ -16,7 +16,7 @@
 #include "log.h"
 #include "worker.h"
 
-static void attempt_reconnect(void *owner);
+static int attempt_reconnect(void *owner, struct ad_error *error);
 
 void delegator_init(struct delegator *delegator, struct runtime *runtime) {
   memset(delegator, 0, sizeof *delegator);
@@ -264,20 +264,12 @@ static void on_lost(void *handler_context, const struct ad_error *error) {
   }
 }
 
-static void attempt_reconnect(void *owner) {
+static int attempt_reconnect(void *owner, struct ad_error *error) {
   struct delegator *delegator = owner;
-  if (delegator->state != DELEGATOR_RECONNECTING) return;
-  struct ad_error error;
-  if (open_connection(delegator, &error) != 0) {
-    log_line(LOG_WARN, "delegator: reconnecting (attempt %u): %s: %s",
-             delegator->reconnect.attempts, error.code, error.message);
-    reconnect_schedule(&delegator->reconnect);
-    return;
-  }
-  log_line(LOG_INFO, "delegator: reconnected to %s after %u attempt(s)",
-           connection_endpoint(delegator->connection), delegator->reconnect.attempts);
-  reconnect_reset(&delegator->reconnect);
+  if (delegator->state != DELEGATOR_RECONNECTING) return 1;
+  if (open_connection(delegator, error) != 0) return -1;
   delegator->state = DELEGATOR_CONNECTED;
+  return 0;
 }
 
 void delegator_start(struct delegator *delegator, lua_State *L, int self) {
@@ -289,7 +281,7 @@ void delegator_start(struct delegator *delegator, lua_State *L, int self) {
   if (!delegator->deadline_timer) {
     delegator->deadline_timer = runtime_timer_new(delegator->runtime, delegator);
     reconnect_init(&delegator->reconnect, delegator->runtime, delegator->options.reconnect_max,
-                   attempt_reconnect, delegator);
+                   attempt_reconnect, delegator, "delegator");
   }
   struct ad_error error;
   if (open_connection(delegator, &error) != 0) error_object_raise(L, &error);

@@ -183,6 +183,19 @@ static void add_spaces(luaL_Buffer *b, int count) {
   for (int i = 0; i < count; i++) luaL_addchar(b, ' ');
 }
 
+/* Adds child i of parts: "key: value" for objects, the value for arrays. */
+static void add_part(lua_State *L, luaL_Buffer *b, int parts, int i, int is_object) {
+  if (is_object) {
+    lua_rawgeti(L, parts, 2 * i - 1);
+    luaL_addvalue(b);
+    luaL_addstring(b, ": ");
+    lua_rawgeti(L, parts, 2 * i);
+  } else {
+    lua_rawgeti(L, parts, i);
+  }
+  luaL_addvalue(b);
+}
+
 /* Joins the rendered children in parts (keys at 2i-1 for objects, children at
  * 2i; arrays: children at i) into one string. */
 static void join(struct printer *p, int parts, int count, int is_object, int all_scalars,
@@ -206,15 +219,7 @@ static void join(struct printer *p, int parts, int count, int is_object, int all
   if (one_line && (size_t)column + total <= (size_t)p->options.width) {
     for (int i = 1; i <= count; i++) {
       if (i > 1) luaL_addstring(&b, ", ");
-      if (is_object) {
-        lua_rawgeti(L, parts, 2 * i - 1);
-        luaL_addvalue(&b);
-        luaL_addstring(&b, ": ");
-        lua_rawgeti(L, parts, 2 * i);
-      } else {
-        lua_rawgeti(L, parts, i);
-      }
-      luaL_addvalue(&b);
+      add_part(L, &b, parts, i, is_object);
     }
   } else if (!is_object && all_scalars) {
     /* a long list of short values: filled line by line like text */
@@ -244,15 +249,7 @@ static void join(struct printer *p, int parts, int count, int is_object, int all
     for (int i = 1; i <= count; i++) {
       luaL_addstring(&b, i > 1 ? ",\n" : "\n");
       add_spaces(&b, inner);
-      if (is_object) {
-        lua_rawgeti(L, parts, 2 * i - 1);
-        luaL_addvalue(&b);
-        luaL_addstring(&b, ": ");
-        lua_rawgeti(L, parts, 2 * i);
-      } else {
-        lua_rawgeti(L, parts, i);
-      }
-      luaL_addvalue(&b);
+      add_part(L, &b, parts, i, is_object);
     }
     luaL_addchar(&b, '\n');
     add_spaces(&b, level * p->options.indent);

@@ -295,20 +295,12 @@ static void on_lost(void *handler_context, const struct ad_error *error) {
 
 static int open_connection(struct worker *worker, struct ad_error *error);
 
-static void attempt_reconnect(void *owner) {
+static int attempt_reconnect(void *owner, struct ad_error *error) {
   struct worker *worker = owner;
-  if (worker->state != WORKER_RECONNECTING) return;
-  struct ad_error error;
-  if (open_connection(worker, &error) != 0) {
-    log_line(LOG_WARN, "worker '%s': reconnecting (attempt %u): %s: %s", worker->name,
-             worker->reconnect.attempts, error.code, error.message);
-    reconnect_schedule(&worker->reconnect);
-    return;
-  }
-  log_line(LOG_INFO, "worker '%s' reconnected to %s after %u attempt(s)", worker->name,
-           connection_endpoint(worker->connection), worker->reconnect.attempts);
-  reconnect_reset(&worker->reconnect);
+  if (worker->state != WORKER_RECONNECTING) return 1;
+  if (open_connection(worker, error) != 0) return -1;
   worker->state = WORKER_RUNNING;
+  return 0;
 }
 
 /* ---- starting ---- */
@@ -355,7 +347,7 @@ void worker_start(struct worker *worker, lua_State *L, int self) {
     error_object_raisef(L, ERR_ALREADY_STARTED, "worker '%s' is already started", worker->name);
   if (!worker->reconnect.attempt)
     reconnect_init(&worker->reconnect, worker->runtime, worker->options.reconnect_max,
-                   attempt_reconnect, worker);
+                   attempt_reconnect, worker, worker->name);
   struct ad_error error;
   if (open_connection(worker, &error) != 0) error_object_raise(L, &error);
   lua_pushvalue(L, self);
