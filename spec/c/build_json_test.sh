@@ -8,8 +8,8 @@ out=${BUILD_DIR:-$root/build/json_test}
 mkdir -p "$out"
 
 # shellcheck disable=SC2046
-gcc -std=c11 -Wall -Wextra -Werror -O1 -g -I "$root/host" \
-  "$root/spec/c/json_test.c" "$root/host/json.c" "$root/host/byte_buffer.c" \
+gcc -std=c11 -Wall -Wextra -Werror -O1 -g -I "$root/host/common" -I "$root/host/runtime" \
+  "$root/spec/c/json_test.c" "$root/host/runtime/json.c" "$root/host/common/byte_buffer.c" \
   $(pkg-config --cflags --libs lua5.4) -lm -o "$out/json_test"
 
 # A comma-decimal locale exercises the locale independence of number
