@@ -10,6 +10,7 @@
 #include "delegator.h"
 #include "error_object.h"
 #include "json.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "pretty.h"
 #include "runtime.h"
@@ -21,10 +22,15 @@
 #define DELEGATOR_MT "amqp_delegate.delegator"
 
 #define DEFAULT_CONNECT_TIMEOUT 10.0
-#define DEFAULT_WORKER_HEARTBEAT 30
+/* Workers and delegators alike: a frozen broker is noticed within two
+ * intervals, and both share one connection in a host. */
+#define DEFAULT_HEARTBEAT 30
 #define DEFAULT_MAX_BODY (16u * 1024u * 1024u)
 #define DEFAULT_CALL_TIMEOUT 30.0
 #define DEFAULT_RECONNECT_MAX 5.0
+/* RabbitMQ refuses a per-message expiration over 2^32-1 ms (49.7 days). */
+#define MAX_TIMEOUT 4294967.0
+#define MAX_SECONDS (86400.0 * 365)
 
 /* ---- argument checking ---- */
 
@@ -77,24 +83,35 @@ static lua_Integer integer_option(lua_State *L, int options, const char *key,
   return value;
 }
 
-/* A number of seconds from `low` up (0 often means "none"). */
+/* Seconds from low to high: NaN, infinities and the rest are refused here,
+ * so no conversion downstream can overflow. */
+static double checked_seconds(lua_State *L, int index, const char *what, double low,
+                              double high, const char *hint) {
+  int is_number = 0;
+  double value = lua_tonumberx(L, index, &is_number);
+  if (!is_number || !(value >= low && value <= high)) {
+    char message[240];
+    snprintf(message, sizeof message, "%s must be a number of seconds from %.10g to %.10g%s", what,
+             low, high, hint);
+    bad_argument(L, "%s", message);
+  }
+  return value;
+}
+
 static double number_option(lua_State *L, int options, const char *key, double fallback,
-                            double low) {
+                            double low, double high, const char *hint) {
   lua_getfield(L, options, key);
   double value = fallback;
   if (!lua_isnil(L, -1)) {
-    int is_number = 0;
-    value = lua_tonumberx(L, -1, &is_number);
-    if (!is_number || !(value >= low) || value > 86400 * 365) {
-      char message[160];
-      snprintf(message, sizeof message, "option '%s' must be a number of seconds from %g", key,
-               low);
-      bad_argument(L, "%s", message);
-    }
+    char what[80];
+    snprintf(what, sizeof what, "option '%s'", key);
+    value = checked_seconds(L, -1, what, low, high, hint);
   }
   lua_pop(L, 1);
   return value;
 }
+
+#define FOREVER_HINT " (0 waits as long as it takes)"
 
 /* Stores options[key] (a function or nil) in user value `slot` of the
  * userdata at `self`. */
@@ -164,13 +181,21 @@ static void tls_options(lua_State *L, int options, struct tls_options *out) {
   lua_pop(L, 1);
 }
 
-static void connection_options(lua_State *L, int options, struct connection_options *out,
-                               int default_heartbeat) {
-  tls_options(L, options, &out->tls);
-  out->heartbeat_seconds = (int)integer_option(L, options, "heartbeat", default_heartbeat, 0, 3600);
-  out->connect_timeout = number_option(L, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0.001);
-  out->max_body = (size_t)integer_option(L, options, "max_body", DEFAULT_MAX_BODY, 1,
-                                         (lua_Integer)1 << 31);
+/* What every worker and delegator takes: url, tls, heartbeat,
+ * connect_timeout, max_body, reconnect_max, on_error, on_close. */
+static void lifecycle_options(lua_State *L, int options, int self, struct lifecycle *out) {
+  url_option(L, options, &out->url);
+  tls_options(L, options, &out->options.tls);
+  out->options.heartbeat_seconds =
+      (int)integer_option(L, options, "heartbeat", DEFAULT_HEARTBEAT, 0, 3600);
+  out->options.connect_timeout = number_option(L, options, "connect_timeout",
+                                               DEFAULT_CONNECT_TIMEOUT, 0.001, 3600, "");
+  out->options.max_body = (size_t)integer_option(L, options, "max_body", DEFAULT_MAX_BODY, 1,
+                                                 (lua_Integer)1 << 31);
+  out->reconnect_max = number_option(L, options, "reconnect_max", DEFAULT_RECONNECT_MAX, 0,
+                                     3600, " (0: no reconnection)");
+  hook_option(L, options, self, "on_error", out->on_error_slot);
+  hook_option(L, options, self, "on_close", out->on_close_slot);
 }
 
 /* ---- workers ---- */
@@ -203,14 +228,12 @@ static int new_worker(lua_State *L) {
     error_object_raisef(L, ERR_MISSING_TASK, "worker '%s' needs a task (a function)",
                         worker->name);
   lua_setiuservalue(L, self, WORKER_TASK_SLOT);
-  hook_option(L, 1, self, "on_error", WORKER_ON_ERROR_SLOT);
-  hook_option(L, 1, self, "on_close", WORKER_ON_CLOSE_SLOT);
-  url_option(L, 1, &worker->url);
+  snprintf(worker->lifecycle.label, sizeof worker->lifecycle.label, "worker '%s'",
+           worker->name);
+  lifecycle_options(L, 1, self, &worker->lifecycle);
   worker->options.prefetch = (int)integer_option(L, 1, "concurrency", 1, 1, 65535);
   worker->options.max_depth =
       (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
-  connection_options(L, 1, &worker->options.connection, DEFAULT_WORKER_HEARTBEAT);
-  worker->options.reconnect_max = number_option(L, 1, "reconnect_max", DEFAULT_RECONNECT_MAX, 0);
   return 1;
 }
 
@@ -219,9 +242,8 @@ static struct worker *check_worker(lua_State *L) {
 }
 
 static int worker_start_method(lua_State *L) {
-  worker_start(check_worker(L), L, 1);
   lua_settop(L, 1);
-  return 1;
+  return worker_start(check_worker(L), L, 1);
 }
 
 static int worker_stop_method(lua_State *L) {
@@ -231,7 +253,8 @@ static int worker_stop_method(lua_State *L) {
 
 static int worker_close_method(lua_State *L) {
   struct worker *worker = check_worker(L);
-  if (worker->state == WORKER_RUNNING) worker_stop(worker, L);
+  if (worker->lifecycle.state != LIFECYCLE_STOPPED && worker->lifecycle.state != LIFECYCLE_STOPPING)
+    worker_stop(worker, L);
   return 0;
 }
 
@@ -242,9 +265,8 @@ static int worker_gc(lua_State *L) {
 
 static int worker_tostring(lua_State *L) {
   struct worker *worker = check_worker(L);
-  static const char *const states[] = {"stopped", "running", "stopping", "reconnecting"};
-  lua_pushfstring(L, "amqp_delegate.worker '%s' (%s, %s)", worker->name, states[worker->state],
-                  worker->url.redacted);
+  lua_pushfstring(L, "amqp_delegate.worker '%s' (%s, %s)", worker->name,
+                  lifecycle_state_name(&worker->lifecycle, "running"), worker->lifecycle.url.redacted);
   return 1;
 }
 
@@ -273,17 +295,11 @@ static int new_delegator(lua_State *L) {
   delegator_init(delegator, runtime_get(L));
   luaL_setmetatable(L, DELEGATOR_MT);
   int self = lua_gettop(L);
-  lua_newtable(L);
-  lua_setiuservalue(L, self, DELEGATOR_PENDING_SLOT);
-  hook_option(L, 1, self, "on_error", DELEGATOR_ON_ERROR_SLOT);
-  hook_option(L, 1, self, "on_close", DELEGATOR_ON_CLOSE_SLOT);
-  url_option(L, 1, &delegator->url);
+  lifecycle_options(L, 1, self, &delegator->lifecycle);
   delegator->options.max_depth =
       (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
-  connection_options(L, 1, &delegator->options.connection, 0);
-  delegator->options.timeout = number_option(L, 1, "timeout", DEFAULT_CALL_TIMEOUT, 0);
-  delegator->options.reconnect_max =
-      number_option(L, 1, "reconnect_max", DEFAULT_RECONNECT_MAX, 0);
+  delegator->options.timeout =
+      number_option(L, 1, "timeout", DEFAULT_CALL_TIMEOUT, 0, MAX_TIMEOUT, FOREVER_HINT);
   return 1;
 }
 
@@ -292,9 +308,8 @@ static struct delegator *check_delegator(lua_State *L) {
 }
 
 static int delegator_start_method(lua_State *L) {
-  delegator_start(check_delegator(L), L, 1);
   lua_settop(L, 1);
-  return 1;
+  return delegator_start(check_delegator(L), L, 1);
 }
 
 static int delegator_stop_method(lua_State *L) {
@@ -304,7 +319,7 @@ static int delegator_stop_method(lua_State *L) {
 
 static int delegator_close_method(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
-  if (delegator->state != DELEGATOR_STOPPED) delegator_stop(delegator, L);
+  if (delegator->lifecycle.state != LIFECYCLE_STOPPED) delegator_stop(delegator, L);
   return 0;
 }
 
@@ -316,14 +331,7 @@ static int call_arguments(lua_State *L, struct call_options *options, const char
   if (lua_type(L, at) == LUA_TTABLE) {
     static const char *const known[] = {"timeout", NULL};
     check_known_options(L, at, known, "a call");
-    lua_getfield(L, at, "timeout");
-    if (!lua_isnil(L, -1)) {
-      int is_number = 0;
-      options->timeout = lua_tonumberx(L, -1, &is_number);
-      if (!is_number || !(options->timeout >= 0))
-        bad_argument(L, "%s", "option 'timeout' must be a number of seconds (0: none)");
-    }
-    lua_pop(L, 1);
+    options->timeout = number_option(L, at, "timeout", -1, 0, MAX_TIMEOUT, FOREVER_HINT);
     at++;
   }
   size_t length = 0;
@@ -342,7 +350,10 @@ static int delegator_send_method(lua_State *L) {
   return 1;
 }
 
+/* A call that could not be waited for is refused before it is sent. */
 static int delegator_invoke_method(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  runtime_wait_place(L, delegator->runtime, "invoke");
   delegator_send_method(L);
   return call_wait(L, -1);
 }
@@ -371,9 +382,8 @@ static int delegator_gc(lua_State *L) {
 
 static int delegator_tostring(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
-  static const char *const states[] = {"stopped", "started", "reconnecting"};
-  lua_pushfstring(L, "amqp_delegate.delegator (%s, %s)", states[delegator->state],
-                  delegator->url.redacted);
+  lua_pushfstring(L, "amqp_delegate.delegator (%s, %s)", lifecycle_state_name(&delegator->lifecycle, "started"),
+                  delegator->lifecycle.url.redacted);
   return 1;
 }
 
@@ -419,15 +429,17 @@ static const luaL_Reg delegator_metamethods[] = {{"__gc", delegator_gc},
 
 /* ---- module functions ---- */
 
+/* "SIGINT" or "SIGTERM" after a signal; "failed" when every worker stopped
+ * because it could not go on; nothing when the program stopped them. */
 static int serve(lua_State *L) {
-  int signal_number = runtime_serve(runtime_get(L), L);
-  if (signal_number == 0) return 0;
-  lua_pushstring(L, signal_number == 2 ? "SIGINT" : signal_number == 15 ? "SIGTERM" : "signal");
+  int outcome = runtime_serve(runtime_get(L), L);
+  if (outcome == 0) return 0;
+  lua_pushstring(L, outcome < 0 ? "failed" : outcome == 2 ? "SIGINT" : outcome == 15 ? "SIGTERM" : "signal");
   return 1;
 }
 
 static int sleep_function(lua_State *L) {
-  return runtime_sleep(L, luaL_checknumber(L, 1));
+  return runtime_sleep(L, checked_seconds(L, 1, "sleep's argument", 0, MAX_SECONDS, ""));
 }
 
 static int mark(lua_State *L, const char *metatable) {
@@ -524,7 +536,7 @@ static void add_lua_helpers(lua_State *L) {
   lua_call(L, 1, 0);
 }
 
-int luaopen_amqp_delegate(lua_State *L) {
+__attribute__((visibility("default"))) int luaopen_amqp_delegate(lua_State *L) {
   runtime_open(L);
   error_object_open(L);
   json_open(L);

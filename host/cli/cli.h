@@ -1,8 +1,8 @@
-/* What the commands of the host executable share (main.c, shell.c). */
+/* What the files of the host executable share: main.c dispatches to the
+ * commands (run.c, call.c, shell.c); options.c parses their options, reports
+ * their failures and makes their Lua states. */
 #ifndef AD_CLI_H
 #define AD_CLI_H
-
-#include <stddef.h>
 
 #include <lua.h>
 
@@ -36,19 +36,37 @@ struct options {
   int rest_count;
 };
 
+/* ---- the commands: each returns the process's exit status ---- */
+
+int command_run(int argc, char **argv);   /* run.c */
+int command_call(int argc, char **argv);  /* call.c */
+int command_shell(int argc, char **argv); /* shell.c */
+
+/* What `amqp-delegate help COMMAND` prints: the same as `COMMAND --help`. */
+void run_help(void);
+void call_help(void);
+void shell_help(void);
+
+/* ---- options.c ---- */
+
+/* usage: amqp-delegate COMMAND ...; the commands and the exit statuses. */
+extern const char top_usage[];
+
+/* "amqp-delegate VERSION (Lua VERSION, rabbitmq-c VERSION)" on standard output. */
+void print_version(void);
+
+/* A command's usage on standard output: `usage` is a printf format taking the
+ * default log level. */
+void print_usage(const char *usage, const char *default_level);
+
 /* Parses argv[2..]. Returns -1 when --help or --version answered (exit 0),
  * 0 when the arguments follow at options->rest, else the exit status of a
- * usage error (already reported). `usage` is a printf format taking the
- * default log level. */
+ * usage error (already reported). `usage` is as for print_usage. */
 int parse_options(int argc, char **argv, unsigned allowed, const char *usage,
                   const char *default_level, struct options *options);
 
 /* "amqp-delegate: message" on standard error, URLs redacted; returns status. */
 int fail(int status, const char *format, ...) __attribute__((format(printf, 2, 3)));
-
-/* Copies text, with the password of every scheme://user:password@host in it
- * replaced by ***. */
-void redact_text(const char *text, char *out, size_t size);
 
 /* Sets `url` and `tls` in the options table at `table` from the command line. */
 void apply_connection_options(lua_State *L, int table, const struct options *options);
@@ -59,6 +77,7 @@ lua_State *new_state(void);
 /* The exit status for an error code (TASK_FAILED -> 1, BAD_URL -> 2...). */
 int exit_status_for(const char *code);
 
-int command_shell(int argc, char **argv, const char *usage);
+/* The module (lua/amqp_delegate.c, linked into the executable). */
+int luaopen_amqp_delegate(lua_State *L);
 
 #endif

@@ -1,8 +1,6 @@
-/* amqp-delegate shell: a Lua prompt with a started delegator. Lines run in
- * an environment of their own whose missing names resolve to helpers that
- * call the worker of that name (`adder(10, 15)`), so _G and the modules
- * loaded stay untouched. Values print through the pretty-printer; errors as
- * one line. */
+/* amqp-delegate shell: a Lua prompt with a started delegator. Lines run in an
+ * environment of their own (_G stays untouched) where a missing name calls that
+ * worker: `adder(10, 15)`. Values print pretty-printed; errors as one line. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,12 +16,35 @@
 #include "cli.h"
 #include "error_object.h"
 #include "errors.h"
+#include "help.h"
 #include "log.h"
 #include "pretty.h"
 #include "url.h"
 #include "version.h"
 
-int luaopen_amqp_delegate(lua_State *L);
+#define SHELL_LOG_LEVEL "warn" /* the default --log-level */
+
+static const char shell_usage[] =
+    "usage: amqp-delegate shell [options]\n"
+    "\n"
+    "An interactive Lua 5.4 prompt with a started delegator bound to `delegator` and the\n"
+    "module to `delegate`. Any other name that is not defined calls the worker of that\n"
+    "name: `adder(10, 15)` is `delegator:invoke(\"adder\", 10, 15)`. Expressions print their\n"
+    "value (tables as indented JSON); errors print as one line, `CODE: message`.\n"
+    "Ctrl-D, exit() or os.exit() stops the delegator and leaves; Ctrl-C at the prompt\n"
+    "drops the line. For line editing and history: rlwrap amqp-delegate shell.\n"
+    "\n"
+    "options:\n"
+    URL_HELP
+    TLS_HELP
+    LOG_HELP
+    "  --help, --version\n"
+    "\n"
+    "exit status: 0 (or the code given to exit()), 2 usage, 3 the delegator cannot connect.\n";
+
+void shell_help(void) {
+  print_usage(shell_usage, SHELL_LOG_LEVEL);
+}
 
 #define DELEGATOR_KEY "amqp_delegate.shell.delegator" /* registry: the delegator we started */
 #define ENV_KEY "amqp_delegate.shell.env"             /* registry: the prompt's environment */
@@ -329,11 +350,11 @@ static void repl(lua_State *L) {
   free(chunk);
 }
 
-int command_shell(int argc, char **argv, const char *usage) {
-  log_set_level(LOG_WARN);
+int command_shell(int argc, char **argv) {
+  log_set_level(LOG_WARN); /* SHELL_LOG_LEVEL, until --log-level says otherwise */
   struct options options;
-  int status =
-      parse_options(argc, argv, OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS, usage, "warn", &options);
+  int status = parse_options(argc, argv, OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS, shell_usage,
+                             SHELL_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count > 0)
     return fail(EXIT_USAGE, "shell takes no arguments (see amqp-delegate shell --help)");

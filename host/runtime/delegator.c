@@ -2,7 +2,8 @@
  * reply queue per delegator instead of one per call: requests are published
  * mandatory with a UUID v4 correlation id and reply_to = our queue; replies
  * find their call through the pending table; basic.return ends a call with
- * NO_ROUTE at once; a deadline timer ends it with TIMEOUT. */
+ * NO_ROUTE at once; a deadline timer ends it with TIMEOUT. Transport
+ * callbacks only settle C state; waiters wake from the job queue. */
 #include "delegator.h"
 
 #include <stdio.h>
@@ -11,20 +12,9 @@
 #include <lauxlib.h>
 
 #include "error_object.h"
-#include "hooks.h"
 #include "json.h"
 #include "log.h"
 #include "worker.h"
-
-static int attempt_reconnect(void *owner, struct ad_error *error);
-
-void delegator_init(struct delegator *delegator, struct runtime *runtime) {
-  memset(delegator, 0, sizeof *delegator);
-  delegator->runtime = runtime;
-  delegator->self_ref = LUA_NOREF;
-  delegator->state = DELEGATOR_STOPPED;
-  byte_buffer_init(&delegator->request);
-}
 
 /* ---- correlation ids ---- */
 
@@ -99,65 +89,36 @@ static void unlink_call(struct delegator *delegator, struct call *call) {
   call->previous = call->next = NULL;
   call->in_flight = 0;
   delegator->in_flight--;
+  if (call->sent) pending_calls_remove(&delegator->pending, &call->link);
   if (was_first) arm_deadline(delegator);
 }
 
-/* Marks the call done and wakes whoever waits for it. */
-static void complete(struct call *call) {
-  call->done = 1;
+/* From the job queue: the waiter resumes, then the call's anchor goes. */
+static void call_done_job(struct job *job) {
+  struct call *call = (struct call *)((char *)job - offsetof(struct call, done_job));
   struct fiber *fiber = call->fiber;
   call->fiber = NULL;
+  int anchor = call->anchor;
+  call->anchor = LUA_NOREF;
+  lua_State *L = call->delegator ? call->delegator->runtime->L : NULL;
   if (fiber) fiber_resume(fiber, 0);
-  else if (call->delegator) runtime_wake(call->delegator->runtime);
+  if (L) luaL_unref(L, LUA_REGISTRYINDEX, anchor); /* call may be collected from here */
 }
 
-struct pending_entry {
-  struct delegator *delegator;
-  const struct short_string *correlation_id;
-  struct call *call; /* found (take) */
-};
-
-/* Finds the call of a correlation id and removes it from the pending table
- * (runs protected, on the loop's thread). */
-static int take_pending(lua_State *L) {
-  struct pending_entry *entry = lua_touserdata(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, entry->delegator->self_ref);
-  lua_getiuservalue(L, -1, DELEGATOR_PENDING_SLOT);
-  lua_pushlstring(L, entry->correlation_id->bytes, entry->correlation_id->length);
-  lua_pushvalue(L, -1);
-  lua_rawget(L, -3);
-  entry->call = luaL_testudata(L, -1, CALL_MT);
-  lua_pop(L, 1);
-  lua_pushnil(L);
-  lua_rawset(L, -3);
-  return 0;
+/* The call has its outcome: done now (a plain waiter sees it), woken from
+ * the job queue. */
+static void complete(struct delegator *delegator, struct call *call) {
+  unlink_call(delegator, call);
+  call->done = 1;
+  runtime_defer(delegator->runtime, &call->done_job);
 }
 
-static struct call *take_call(struct delegator *delegator, const struct short_string *id) {
-  if (!id->present || delegator->self_ref == LUA_NOREF) return NULL;
-  struct pending_entry entry = {delegator, id, NULL};
-  if (runtime_protected(delegator->runtime, take_pending, &entry, "pending calls") != 0)
-    return NULL;
-  if (entry.call) unlink_call(delegator, entry.call);
-  return entry.call;
-}
-
-/* Ends a call in flight with an error of ours. */
 static void fail_call(struct delegator *delegator, struct call *call, const char *code,
                       const char *format, const char *detail) {
-  take_call(delegator, &call->correlation_id);
-  unlink_call(delegator, call); /* even when the table could not be reached */
   call->failed = 1;
   error_set(&call->error, code, format, call->worker, detail);
   delegator->stats.failed++;
-  complete(call);
-}
-
-static void fail_all(struct delegator *delegator, const char *code, const char *why) {
-  /* Woken fibers may start new calls meanwhile: those stay. */
-  unsigned long count = delegator->in_flight;
-  while (delegator->calls && count-- > 0)
-    fail_call(delegator, delegator->calls, code, "call to '%s' ended: %s", why);
+  complete(delegator, call);
 }
 
 static void on_deadline(uv_timer_t *timer) {
@@ -165,18 +126,147 @@ static void on_deadline(uv_timer_t *timer) {
   uint64_t now = uv_now(&delegator->runtime->loop);
   while (delegator->calls && delegator->calls->deadline <= now) {
     struct call *call = delegator->calls;
-    char after[64];
-    snprintf(after, sizeof after, "%g s", call->timeout);
+    char after[96];
+    snprintf(after, sizeof after, "%g s%s", call->timeout,
+             call->sent ? "" : " (never sent: the delegator was not connected)");
     delegator->stats.timed_out++;
     fail_call(delegator, call, ERR_TIMEOUT, "no reply from '%s' after %s", after);
   }
   arm_deadline(delegator);
 }
 
+/* ---- sending ---- */
+
+/* snprintf("%llu") costs more than the rest of a send's bookkeeping. */
+static void write_decimal(char *out, size_t size, uint64_t value) {
+  char digits[24];
+  size_t count = 0;
+  do {
+    digits[count++] = (char)('0' + value % 10);
+    value /= 10;
+  } while (value && count < sizeof digits);
+  size_t i = 0;
+  for (; i < count && i + 1 < size; i++) out[i] = digits[count - 1 - i];
+  out[i] = '\0';
+}
+
+static int publish_call(struct delegator *delegator, struct channel *channel, struct call *call,
+                        struct ad_error *error) {
+  if (pending_calls_add(&delegator->pending, &call->link, call->correlation_id.bytes,
+                        call->correlation_id.length) != 0) {
+    error_set(error, ERR_BAD_ARGUMENT, "out of memory for a call to '%s'", call->worker);
+    return -1;
+  }
+  struct publish request = {call->worker, &call->correlation_id, delegator->reply_queue.bytes,
+                            NULL, call->expiration[0] ? call->expiration : NULL,
+                            call->body.data ? call->body.data : "", call->body.length, 1};
+  if (channel_publish(channel, &request, error) < 0) {
+    pending_calls_remove(&delegator->pending, &call->link);
+    return -1;
+  }
+  call->sent = 1;
+  byte_buffer_reset(&call->body); /* it holds the reply from now on */
+  delegator->stats.sent++;
+  return 0;
+}
+
+/* Ready again (or unblocked): the held calls go out, oldest deadline first. */
+static void send_held(struct delegator *delegator) {
+  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct ad_error error;
+  for (struct call *call = delegator->calls; call && channel; call = call->next)
+    if (!call->sent && publish_call(delegator, channel, call, &error) != 0) return;
+}
+
+static struct call *new_call(lua_State *L, struct delegator *delegator, int self,
+                             const char *name) {
+  struct call *call = lua_newuserdatauv(L, sizeof *call, 1);
+  memset(call, 0, sizeof *call);
+  call->anchor = LUA_NOREF;
+  byte_buffer_init(&call->body);
+  job_init(&call->done_job, call_done_job);
+  luaL_setmetatable(L, CALL_MT);
+  lua_pushvalue(L, self);
+  lua_setiuservalue(L, -2, 1);
+  call->delegator = delegator;
+  size_t length = strlen(name); /* < SHORT_STRING_MAX: checked by the binding */
+  memcpy(call->worker, name, length + 1);
+  new_correlation_id(delegator, &call->correlation_id);
+  return call;
+}
+
+static void check_sendable(struct delegator *delegator, lua_State *L) {
+  enum lifecycle_state state = delegator->lifecycle.state;
+  if (state == LIFECYCLE_STOPPED)
+    error_object_raisef(L, ERR_NOT_STARTED, "delegator is not started (call :start() first)");
+  if (state == LIFECYCLE_STOPPING)
+    error_object_raisef(L, ERR_STOPPED, "the delegator is stopping");
+}
+
+/* Plain Lua after an idle spell (a REPL): the loop has not read for a while,
+ * so a connection the broker dropped meanwhile is noticed before a request
+ * goes into it, and the call is held until the delegator reconnects. */
+#define IDLE_MS 1000
+
+static void notice_idle_loss(struct delegator *delegator) {
+  struct runtime *runtime = delegator->runtime;
+  uv_update_time(&runtime->loop);
+  uint64_t now = uv_now(&runtime->loop);
+  int idle = now - delegator->last_send > IDLE_MS;
+  delegator->last_send = now;
+  if (!idle || runtime->running) return;
+  transport_poll(&runtime->loop);
+  runtime->running = 1;
+  for (int turn = 0; turn < 3; turn++) uv_run(&runtime->loop, UV_RUN_NOWAIT);
+  runtime->running = 0;
+}
+
+struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
+                            const struct call_options *options, const char *name, int first,
+                            int last) {
+  check_sendable(delegator, L);
+  struct call *call = new_call(L, delegator, self, name);
+  int call_index = lua_gettop(L);
+  char problem[256];
+  if (json_encode_args(L, first, last, &call->body, delegator->options.max_depth, problem,
+                       sizeof problem) != 0)
+    error_object_raisef(L, ERR_BAD_ARGUMENT, "arguments for '%s' cannot be sent as JSON: %s",
+                        name, problem);
+  if (!fiber_current(L)) notice_idle_loss(delegator);
+  check_sendable(delegator, L);
+  call->timeout = options->timeout >= 0 ? options->timeout : delegator->options.timeout;
+  call->deadline = UINT64_MAX;
+  uv_update_time(&delegator->runtime->loop); /* stale after an idle REPL */
+  if (call->timeout > 0) {
+    uint64_t milliseconds = runtime_milliseconds(call->timeout);
+    call->deadline = uv_now(&delegator->runtime->loop) + milliseconds;
+    /* A request nobody took in time is dropped by the broker, not served late. */
+    write_decimal(call->expiration, sizeof call->expiration, milliseconds);
+  }
+  lua_pushvalue(L, call_index);
+  call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  link_call(delegator, call);
+  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct ad_error error;
+  if (channel && delegator->lifecycle.state == LIFECYCLE_READY)
+    publish_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
+  lua_settop(L, call_index);
+  return call;
+}
+
 /* ---- replies ---- */
 
-static void on_reply(void *handler_context, const struct message *message) {
-  struct delegator *delegator = handler_context;
+static struct call *take_call(struct delegator *delegator, const struct short_string *id) {
+  if (!id->present) return NULL;
+  struct pending_link *link = pending_calls_take(&delegator->pending, id->bytes, id->length);
+  if (!link) return NULL;
+  struct call *call = (struct call *)((char *)link - offsetof(struct call, link));
+  call->sent = 0; /* out of the table already */
+  return call;
+}
+
+static void on_reply(void *owner, const struct message *message) {
+  struct delegator *delegator = owner;
   struct call *call = take_call(delegator, &message->correlation_id);
   if (!call) { /* late (after its timeout), a duplicate, or not ours */
     delegator->stats.unknown_replies++;
@@ -196,11 +286,11 @@ static void on_reply(void *handler_context, const struct message *message) {
   }
   call->error_reply = message->type.present && strcmp(message->type.bytes, ERROR_REPLY_TYPE) == 0;
   delegator->stats.replied++;
-  complete(call);
+  complete(delegator, call);
 }
 
-static void on_return(void *handler_context, const struct message *message) {
-  struct delegator *delegator = handler_context;
+static void on_return(void *owner, const struct message *message) {
+  struct delegator *delegator = owner;
   struct call *call = take_call(delegator, &message->correlation_id);
   if (!call) return;
   call->failed = 1;
@@ -208,101 +298,89 @@ static void on_return(void *handler_context, const struct message *message) {
             "no worker serves '%s': the broker returned the request (%d %s)", call->worker,
             message->return_code, message->return_text.bytes);
   delegator->stats.returned++;
-  complete(call);
+  complete(delegator, call);
 }
 
-/* ---- connecting, losing, stopping ---- */
+/* ---- the lifecycle's callbacks ---- */
 
-static int declare_reply_queue(struct delegator *delegator, struct ad_error *error) {
-  struct connection *connection = delegator->connection;
-  amqp_connection_state_t amqp = connection_amqp(connection);
-  amqp_queue_declare_ok_t *declared =
-      amqp_queue_declare(amqp, 1, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table);
-  if (connection_check_rpc(connection, "declaring the reply queue", error) != 0) return -1;
-  short_string_set(&delegator->reply_queue, declared->queue.bytes, declared->queue.len);
-  amqp_bytes_t queue = {delegator->reply_queue.length, delegator->reply_queue.bytes};
-  amqp_basic_consume(amqp, 1, queue, amqp_empty_bytes, 0, 1, 1, amqp_empty_table);
-  return connection_check_rpc(connection, "consuming the reply queue", error);
-}
-
-static void on_lost(void *handler_context, const struct ad_error *error);
-
-static int open_connection(struct delegator *delegator, struct ad_error *error) {
-  static const struct connection_handler handler_template = {on_reply, on_return, on_lost, NULL};
-  struct connection_handler handler = handler_template;
-  handler.context = delegator;
-  delegator->connection = connection_open(delegator->runtime, &delegator->url,
-                                          &delegator->options.connection, &handler, error);
-  if (!delegator->connection) return -1;
-  if (declare_reply_queue(delegator, error) != 0) {
-    connection_close(delegator->connection);
-    delegator->connection = NULL;
-    return -1;
-  }
-  return 0;
-}
-
-static void drop_connection(struct delegator *delegator) {
-  if (delegator->connection) connection_close(delegator->connection);
-  delegator->connection = NULL;
-}
-
-static void on_lost(void *handler_context, const struct ad_error *error) {
-  struct delegator *delegator = handler_context;
-  log_line(LOG_ERROR, "delegator: %s: %s", error->code, error->message);
-  drop_connection(delegator);
-  fail_all(delegator, ERR_CONNECTION_LOST, error->message);
-  int reconnecting = delegator->options.reconnect_max > 0;
-  delegator->state = reconnecting ? DELEGATOR_RECONNECTING : DELEGATOR_STOPPED;
-  hook_run(delegator->runtime, delegator->self_ref, DELEGATOR_ON_ERROR_SLOT, "on_error", error);
-  hook_run(delegator->runtime, delegator->self_ref, DELEGATOR_ON_CLOSE_SLOT, "on_close", NULL);
-  if (reconnecting && delegator->state == DELEGATOR_RECONNECTING) {
-    reconnect_schedule(&delegator->reconnect);
-  } else if (delegator->state == DELEGATOR_STOPPED && delegator->self_ref != LUA_NOREF) {
-    luaL_unref(delegator->runtime->L, LUA_REGISTRYINDEX, delegator->self_ref);
-    delegator->self_ref = LUA_NOREF;
-  }
-}
-
-static int attempt_reconnect(void *owner, struct ad_error *error) {
+static int setup(void *owner, struct channel *channel, const struct channel_reply *reply,
+                 struct ad_error *error) {
   struct delegator *delegator = owner;
-  if (delegator->state != DELEGATOR_RECONNECTING) return 1;
-  if (open_connection(delegator, error) != 0) return -1;
-  delegator->state = DELEGATOR_CONNECTED;
-  return 0;
+  switch (reply->step) {
+    case STEP_OPEN: /* server-named, exclusive, auto-delete: legal on every RabbitMQ */
+      return channel_declare(channel, "", 0, 0, 1, 1, error);
+    case STEP_DECLARE:
+      delegator->reply_queue = reply->queue;
+      return channel_consume(channel, &delegator->reply_queue, 1, 1, error);
+    case STEP_CONSUME:
+      return 1;
+    default:
+      return 0;
+  }
 }
 
-void delegator_start(struct delegator *delegator, lua_State *L, int self) {
-  if (delegator->state != DELEGATOR_STOPPED)
-    error_object_raisef(L, ERR_ALREADY_STARTED, "delegator is already started");
-  if (uv_random(NULL, NULL, delegator->random_state, sizeof delegator->random_state, 0,
-                NULL) != 0)
-    error_object_raisef(L, ERR_CONNECTION_FAILED, "no randomness for correlation ids");
-  if (!delegator->deadline_timer) {
-    delegator->deadline_timer = runtime_timer_new(delegator->runtime, delegator);
-    reconnect_init(&delegator->reconnect, delegator->runtime, delegator->options.reconnect_max,
-                   attempt_reconnect, delegator, "delegator");
-  }
-  struct ad_error error;
-  if (open_connection(delegator, &error) != 0) error_object_raise(L, &error);
-  lua_pushvalue(L, self);
-  delegator->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  delegator->state = DELEGATOR_CONNECTED;
+static void ready(void *owner) {
+  struct delegator *delegator = owner;
   log_line(LOG_DEBUG, "delegator ready on %s, replies to %s",
-           connection_endpoint(delegator->connection), delegator->reply_queue.bytes);
+           channel_endpoint(delegator->lifecycle.channel), delegator->reply_queue.bytes);
+  send_held(delegator);
+}
+
+/* Calls whose request went out end: nobody can tell whether it ran. Those
+ * still held wait for the next connection. */
+static void fail_sent(struct delegator *delegator, const char *code, const char *why) {
+  struct call *call = delegator->calls;
+  while (call) {
+    struct call *next = call->next;
+    if (call->sent) fail_call(delegator, call, code, "call to '%s' ended: %s", why);
+    call = next;
+  }
+}
+
+static void lost(void *owner, const struct ad_error *error) {
+  fail_sent(owner, ERR_CONNECTION_LOST, error->message);
+}
+
+static void begin_stop(void *owner) {
+  struct delegator *delegator = owner;
+  while (delegator->calls)
+    fail_call(delegator, delegator->calls, ERR_STOPPED, "call to '%s' ended: %s",
+              "the delegator was stopped");
+}
+
+static int drained(void *owner) {
+  (void)owner;
+  return 1;
+}
+
+static const struct lifecycle_ops delegator_lifecycle = {setup, ready, lost, on_reply, on_return,
+                                                         begin_stop, drained, NULL};
+
+void delegator_init(struct delegator *delegator, struct runtime *runtime) {
+  memset(delegator, 0, sizeof *delegator);
+  delegator->runtime = runtime;
+  lifecycle_init(&delegator->lifecycle, runtime, &delegator_lifecycle, delegator, 0);
+  snprintf(delegator->lifecycle.label, sizeof delegator->lifecycle.label, "delegator");
+  delegator->lifecycle.on_error_slot = DELEGATOR_ON_ERROR_SLOT;
+  delegator->lifecycle.on_close_slot = DELEGATOR_ON_CLOSE_SLOT;
+  pending_calls_init(&delegator->pending);
+}
+
+int delegator_start(struct delegator *delegator, lua_State *L, int self) {
+  if (delegator->lifecycle.state == LIFECYCLE_STOPPED) {
+    if (uv_random(NULL, NULL, delegator->random_state, sizeof delegator->random_state, 0,
+                  NULL) != 0)
+      error_object_raisef(L, ERR_CONNECTION_FAILED, "no randomness for correlation ids");
+    if (!delegator->deadline_timer) {
+      delegator->deadline_timer = runtime_timer_new(delegator->runtime, delegator);
+      if (!delegator->deadline_timer) return luaL_error(L, "out of memory");
+    }
+  }
+  return lifecycle_start(&delegator->lifecycle, L, self);
 }
 
 void delegator_stop(struct delegator *delegator, lua_State *L) {
-  if (delegator->state == DELEGATOR_STOPPED)
-    error_object_raisef(L, ERR_NOT_STARTED, "delegator is not started");
-  delegator->state = DELEGATOR_STOPPED;
-  reconnect_cancel(&delegator->reconnect);
-  drop_connection(delegator);
-  fail_all(delegator, ERR_STOPPED, "the delegator was stopped");
-  int self_ref = delegator->self_ref;
-  hook_run(delegator->runtime, self_ref, DELEGATOR_ON_CLOSE_SLOT, "on_close", NULL);
-  delegator->self_ref = LUA_NOREF;
-  luaL_unref(L, LUA_REGISTRYINDEX, self_ref);
+  lifecycle_stop(&delegator->lifecycle, L);
 }
 
 void delegator_release(struct delegator *delegator) {
@@ -310,99 +388,16 @@ void delegator_release(struct delegator *delegator) {
    * here but handles the user kept after their end: detach them. */
   for (struct call *call = delegator->calls; call; call = call->next) call->delegator = NULL;
   delegator->calls = NULL;
-  drop_connection(delegator);
+  lifecycle_release(&delegator->lifecycle);
   runtime_timer_free(delegator->deadline_timer);
   delegator->deadline_timer = NULL;
-  reconnect_release(&delegator->reconnect);
-  byte_buffer_free(&delegator->request);
+  pending_calls_free(&delegator->pending);
 }
 
 void call_release(struct call *call) {
   if (call->in_flight && call->delegator) unlink_call(call->delegator, call);
+  if (call->delegator) runtime_cancel_job(call->delegator->runtime, &call->done_job);
   byte_buffer_free(&call->body);
-}
-
-/* ---- sending ---- */
-
-/* snprintf("%llu") costs more than the rest of a send's bookkeeping. */
-static void write_decimal(char *out, size_t size, uint64_t value) {
-  char digits[24];
-  size_t count = 0;
-  do {
-    digits[count++] = (char)('0' + value % 10);
-    value /= 10;
-  } while (value && count < sizeof digits);
-  size_t i = 0;
-  for (; i < count && i + 1 < size; i++) out[i] = digits[count - 1 - i];
-  out[i] = '\0';
-}
-
-static struct call *new_call(lua_State *L, struct delegator *delegator, int self,
-                             const char *name) {
-  struct call *call = lua_newuserdatauv(L, sizeof *call, 1);
-  memset(call, 0, sizeof *call);
-  byte_buffer_init(&call->body);
-  luaL_setmetatable(L, CALL_MT);
-  lua_pushvalue(L, self);
-  lua_setiuservalue(L, -2, 1);
-  call->delegator = delegator;
-  size_t length = strlen(name); /* < SHORT_STRING_MAX: checked by the binding */
-  memcpy(call->worker, name, length + 1);
-  new_correlation_id(delegator, &call->correlation_id);
-  return call;
-}
-
-static void set_pending(lua_State *L, int self, const struct call *call, int call_index) {
-  lua_getiuservalue(L, self, DELEGATOR_PENDING_SLOT);
-  lua_pushlstring(L, call->correlation_id.bytes, call->correlation_id.length);
-  if (call_index) lua_pushvalue(L, call_index);
-  else lua_pushnil(L);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
-}
-
-static void check_connected(struct delegator *delegator, lua_State *L) {
-  if (delegator->state == DELEGATOR_STOPPED)
-    error_object_raisef(L, ERR_NOT_STARTED, "delegator is not started (call :start() first)");
-  if (delegator->state == DELEGATOR_RECONNECTING)
-    error_object_raisef(L, ERR_CONNECTION_LOST, "not connected to %s (reconnecting, attempt %u)",
-                        delegator->url.redacted, delegator->reconnect.attempts + 1);
-}
-
-struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
-                            const struct call_options *options, const char *name, int first,
-                            int last) {
-  check_connected(delegator, L);
-  char problem[256];
-  byte_buffer_reset(&delegator->request);
-  if (json_encode_args(L, first, last, &delegator->request, delegator->options.max_depth,
-                       problem, sizeof problem) != 0)
-    error_object_raisef(L, ERR_BAD_ARGUMENT, "arguments for '%s' cannot be sent as JSON: %s",
-                        name, problem);
-  struct call *call = new_call(L, delegator, self, name);
-  int call_index = lua_gettop(L);
-  call->timeout = options->timeout >= 0 ? options->timeout : delegator->options.timeout;
-  char expiration[32] = "";
-  call->deadline = UINT64_MAX;
-  if (call->timeout > 0) {
-    uint64_t milliseconds = (uint64_t)(call->timeout * 1000 + 0.5);
-    uv_update_time(&delegator->runtime->loop); /* stale after an idle REPL */
-    call->deadline = uv_now(&delegator->runtime->loop) + milliseconds;
-    /* A request nobody took in time is dropped by the broker, not served late. */
-    write_decimal(expiration, sizeof expiration, milliseconds);
-  }
-  set_pending(L, self, call, call_index);
-  struct publish request = {name, &call->correlation_id, delegator->reply_queue.bytes, NULL,
-                            expiration[0] ? expiration : NULL, delegator->request.data,
-                            delegator->request.length, 1};
-  struct ad_error error;
-  if (connection_publish(delegator->connection, &request, &error) != 0) {
-    set_pending(L, self, call, 0);
-    error_object_raise(L, &error);
-  }
-  delegator->stats.sent++;
-  link_call(delegator, call);
-  return call;
 }
 
 /* ---- waiting ---- */
@@ -440,25 +435,29 @@ static int wait_continue(lua_State *L, int status, lua_KContext k) {
   return call_result(L, lua_touserdata(L, (int)k));
 }
 
+static void cancel_call_wait(struct fiber *fiber, void *data) {
+  struct call *call = data;
+  if (call->fiber == fiber) call->fiber = NULL;
+}
+
 int call_wait(lua_State *L, int index) {
   index = lua_absindex(L, index);
   struct call *call = luaL_checkudata(L, index, CALL_MT);
   if (call->done) return call_result(L, call);
-  struct fiber *fiber = fiber_current(L);
+  struct delegator *delegator = call->delegator;
+  struct fiber *fiber = runtime_wait_place(L, delegator->runtime, call->worker);
   if (fiber) {
     if (call->fiber)
       error_object_raisef(L, ERR_BAD_ARGUMENT, "the call to '%s' is already awaited by a task",
                           call->worker);
     call->fiber = fiber;
     lua_settop(L, index); /* the call must be where the continuation looks */
-    return fiber_yield(L, fiber, index, wait_continue);
+    return fiber_wait(L, fiber, cancel_call_wait, call, index, wait_continue);
   }
-  struct delegator *delegator = call->delegator;
   int result = runtime_wait(delegator->runtime, &call->done);
-  if (result == WAIT_INTERRUPTED) { /* the call is given up: a late reply is dropped */
+  if (result == WAIT_INTERRUPTED && !call->done) /* given up: a late reply is dropped */
     fail_call(delegator, call, ERR_INTERRUPTED, "call to '%s' %s", "interrupted");
-    return call_result(L, call);
-  }
-  if (result != WAIT_DONE) return runtime_wait_error(L, result, call->worker);
+  else if (result != WAIT_DONE && !call->done)
+    return runtime_wait_error(L, result, call->worker);
   return call_result(L, call);
 }

@@ -1,8 +1,10 @@
 /* A delegator: calls workers by name. One exclusive reply queue per
- * delegator; calls are matched to replies by correlation id; a call waits by
- * yielding its fiber, or, from plain Lua, by running the loop. Calls end with
- * their reply, NO_ROUTE, TIMEOUT, CONNECTION_LOST or STOPPED; a lost
- * connection is reopened with backoff. */
+ * delegator; calls are matched to replies by correlation id (a C table);
+ * a call waits by yielding its fiber, or, from plain Lua, by running the
+ * loop. A call made while the delegator is not connected (reconnecting) or
+ * while the broker blocks publishing is held and sent once it can be,
+ * within its timeout. Calls end with their reply, NO_ROUTE, TIMEOUT,
+ * CONNECTION_LOST (sent, then the connection died) or STOPPED. */
 #ifndef AD_DELEGATOR_H
 #define AD_DELEGATOR_H
 
@@ -10,23 +12,20 @@
 
 #include "byte_buffer.h"
 #include "connection.h"
-#include "reconnect.h"
+#include "lifecycle.h"
+#include "pending_calls.h"
 #include "runtime.h"
-#include "url.h"
 
 #define CALL_MT "amqp_delegate.call"
 
 /* User values of the delegator's userdata, set by the Lua binding. */
-#define DELEGATOR_PENDING_SLOT 1 /* correlation id -> call, anchors calls in flight */
-#define DELEGATOR_ON_ERROR_SLOT 2
-#define DELEGATOR_ON_CLOSE_SLOT 3
-#define DELEGATOR_SLOTS 3
+#define DELEGATOR_ON_ERROR_SLOT 1
+#define DELEGATOR_ON_CLOSE_SLOT 2
+#define DELEGATOR_SLOTS 2
 
 struct delegator_options {
   int max_depth;
-  double timeout;       /* seconds; 0: calls wait as long as it takes */
-  double reconnect_max; /* seconds, the backoff cap; 0: no reconnection */
-  struct connection_options connection;
+  double timeout; /* seconds; 0: calls wait as long as it takes */
 };
 
 struct delegator;
@@ -35,40 +34,38 @@ struct delegator;
 struct call {
   struct delegator *delegator;
   struct call *previous, *next; /* in flight, ordered by deadline */
-  int in_flight;
-  uint64_t deadline; /* loop time in ms; UINT64_MAX: none */
+  struct pending_link link;     /* by correlation id, once sent */
+  struct job done_job;          /* wakes its waiter from the loop's one place */
+  int in_flight, sent, done;
+  int anchor;                   /* registry reference while in flight */
+  uint64_t deadline;            /* loop time in ms; UINT64_MAX: none */
   double timeout;
-  struct fiber *fiber; /* waiting fiber, or NULL */
-  int done;
-  int failed; /* error holds why (NO_ROUTE, TIMEOUT, CONNECTION_LOST...) */
+  struct fiber *fiber;          /* waiting fiber, or NULL */
+  int failed;                   /* error holds why (NO_ROUTE, TIMEOUT...) */
   struct ad_error error;
-  int error_reply; /* the worker answered with an error */
-  byte_buffer body;
+  int error_reply;              /* the worker answered with an error */
+  byte_buffer body;             /* the request until sent, then the reply */
   struct short_string correlation_id;
+  char expiration[24];
   char worker[SHORT_STRING_MAX];
 };
-
-enum delegator_state { DELEGATOR_STOPPED, DELEGATOR_CONNECTED, DELEGATOR_RECONNECTING };
 
 struct delegator_stats {
   unsigned long sent, replied, failed, timed_out, returned, unknown_replies;
 };
 
 struct delegator {
+  struct lifecycle lifecycle; /* url, connection options, reconnect_max: set by the binding */
   struct runtime *runtime;
-  struct amqp_url url;
   struct delegator_options options;
-  struct connection *connection;
-  enum delegator_state state;
-  int self_ref;
   struct short_string reply_queue;
-  struct call *calls;      /* in flight: head has the nearest deadline */
+  struct call *calls; /* in flight: head has the nearest deadline */
   struct call *last_call;
   unsigned long in_flight;
+  struct pending_calls pending;
   uv_timer_t *deadline_timer;
-  struct reconnect reconnect;
-  byte_buffer request;
   uint64_t random_state[2];
+  uint64_t last_send; /* loop time of the last send, to notice an idle REPL */
   struct delegator_stats stats;
 };
 
@@ -78,14 +75,14 @@ struct call_options {
 };
 
 void delegator_init(struct delegator *delegator, struct runtime *runtime);
-/* Connects and declares the reply queue. Raises on error. */
-void delegator_start(struct delegator *delegator, lua_State *L, int self);
+/* Connects and declares the reply queue; waits until ready (may yield). */
+int delegator_start(struct delegator *delegator, lua_State *L, int self);
 /* Ends the calls in flight with STOPPED and closes. Raises NOT_STARTED. */
 void delegator_stop(struct delegator *delegator, lua_State *L);
 void delegator_release(struct delegator *delegator);
 
-/* Publishes a call to worker `name` with the values at first..last and
- * pushes its handle (a call userdata). Raises when it cannot be sent. */
+/* Sends (or holds) a call to worker `name` with the values at first..last
+ * and pushes its handle (a call userdata). */
 struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
                             const struct call_options *options, const char *name, int first,
                             int last);

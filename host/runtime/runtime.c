@@ -1,15 +1,18 @@
-/* The runtime of one Lua state: its libuv loop, the fibers the loop resumes,
- * and serve(). The loop enters Lua only through lua_resume (fibers) and
- * lua_pcall (runtime_protected), never unprotected. */
+/* The runtime of one Lua state: its libuv loop, the job queue (the one place
+ * the loop enters Lua), the fibers the jobs resume, and serve(). The loop
+ * enters Lua only through lua_resume (fibers) and lua_pcall
+ * (runtime_protected), never unprotected and never from a transport
+ * callback. */
 #include "runtime.h"
 
 #include <signal.h>
-#include <string.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
 
+#include "connection.h"
 #include "error_object.h"
 #include "log.h"
 
@@ -25,10 +28,16 @@ static void close_any_handle(uv_handle_t *handle, void *unused) {
   if (!uv_is_closing(handle)) uv_close(handle, NULL);
 }
 
+static void close_owned(uv_handle_t *handle) {
+  handle->data = handle;
+  uv_close(handle, free_after_close);
+}
+
 /* Runs at lua_close: it is the first object created, so the last finalized,
- * after the workers and delegators that closed their handles. */
+ * after the workers and delegators that released their channels. */
 static int runtime_gc(lua_State *L) {
   struct runtime *runtime = luaL_checkudata(L, 1, RUNTIME_MT);
+  transport_shutdown(&runtime->loop);
   while (runtime->fibers) {
     struct fiber *fiber = runtime->fibers;
     runtime->fibers = fiber->next;
@@ -39,16 +48,42 @@ static int runtime_gc(lua_State *L) {
       free(fiber);
     }
   }
-  if (runtime->interrupt) {
-    runtime->interrupt->data = runtime->interrupt;
-    uv_close((uv_handle_t *)runtime->interrupt, free_after_close);
-  }
+  if (runtime->interrupt) close_owned((uv_handle_t *)runtime->interrupt);
+  if (runtime->check) close_owned((uv_handle_t *)runtime->check);
+  if (runtime->idle) close_owned((uv_handle_t *)runtime->idle);
   uv_run(&runtime->loop, UV_RUN_NOWAIT);
   uv_walk(&runtime->loop, close_any_handle, NULL);
-  uv_run(&runtime->loop, UV_RUN_NOWAIT);
+  /* waits for handshakes still on a thread (bounded by connect_timeout) */
+  uv_run(&runtime->loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&runtime->loop) != 0)
     log_line(LOG_WARN, "event loop closed with handles still open");
   return 0;
+}
+
+static void run_jobs(struct runtime *runtime);
+static void on_check(uv_check_t *check) { run_jobs(check->data); }
+static void on_idle(uv_idle_t *idle) { run_jobs(idle->data); }
+static void on_interrupt(uv_async_t *handle) { runtime_wake(handle->data); }
+
+static void open_handles(lua_State *L, struct runtime *runtime) {
+  runtime->check = malloc(sizeof *runtime->check);
+  runtime->idle = malloc(sizeof *runtime->idle);
+  runtime->interrupt = malloc(sizeof *runtime->interrupt);
+  if (!runtime->check || !runtime->idle || !runtime->interrupt) {
+    free(runtime->check), free(runtime->idle), free(runtime->interrupt);
+    runtime->check = NULL, runtime->idle = NULL, runtime->interrupt = NULL;
+    luaL_error(L, "out of memory");
+  }
+  uv_check_init(&runtime->loop, runtime->check);
+  uv_idle_init(&runtime->loop, runtime->idle);
+  uv_async_init(&runtime->loop, runtime->interrupt, on_interrupt);
+  runtime->check->data = runtime->idle->data = runtime->interrupt->data = runtime;
+  uv_check_start(runtime->check, on_check);
+  /* neither keeps the loop alive on its own */
+  /* the check and async handles never keep the loop alive; the idle handle
+   * is active only while jobs wait, and then it must */
+  uv_unref((uv_handle_t *)runtime->check);
+  uv_unref((uv_handle_t *)runtime->interrupt);
 }
 
 void runtime_open(lua_State *L) {
@@ -58,20 +93,15 @@ void runtime_open(lua_State *L) {
   }
   lua_pop(L, 1);
   struct runtime *runtime = lua_newuserdatauv(L, sizeof *runtime, 0);
+  memset(runtime, 0, sizeof *runtime);
   int status = uv_loop_init(&runtime->loop);
   if (status != 0) luaL_error(L, "cannot create the event loop: %s", uv_strerror(status));
-  runtime->running = 0;
-  runtime->signals_seen = 0;
-  runtime->fibers = NULL;
-  runtime->services = NULL;
-  runtime->interrupted = 0;
-  runtime->interrupt = NULL;
-  runtime->spare_count = 0;
   luaL_newmetatable(L, RUNTIME_MT);
   lua_pushcfunction(L, runtime_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+  open_handles(L, runtime);
   runtime->L = lua_newthread(L);
   lua_setfield(L, LUA_REGISTRYINDEX, LOOP_THREAD_KEY);
   lua_newtable(L);
@@ -86,16 +116,69 @@ struct runtime *runtime_get(lua_State *L) {
   return runtime;
 }
 
+/* ---- jobs ---- */
+
+void job_init(struct job *job, void (*run)(struct job *job)) {
+  job->run = run;
+  job->previous = job->next = NULL;
+  job->queued = 0;
+}
+
+void runtime_defer(struct runtime *runtime, struct job *job) {
+  if (job->queued) return;
+  job->queued = 1;
+  job->next = NULL;
+  job->previous = runtime->jobs_last;
+  if (runtime->jobs_last) runtime->jobs_last->next = job;
+  else runtime->jobs_first = job;
+  runtime->jobs_last = job;
+  /* an active idle handle makes the next poll return at once */
+  if (runtime->idle && !uv_is_active((uv_handle_t *)runtime->idle))
+    uv_idle_start(runtime->idle, on_idle);
+  uv_stop(&runtime->loop); /* a plain wait looks at its flag again */
+}
+
+void runtime_cancel_job(struct runtime *runtime, struct job *job) {
+  if (!job->queued) return;
+  if (job->previous) job->previous->next = job->next;
+  else runtime->jobs_first = job->next;
+  if (job->next) job->next->previous = job->previous;
+  else runtime->jobs_last = job->previous;
+  job->previous = job->next = NULL;
+  job->queued = 0;
+}
+
+/* The one place: jobs queued meanwhile run in the same pass, in order. */
+static void run_jobs(struct runtime *runtime) {
+  while (runtime->jobs_first) {
+    struct job *job = runtime->jobs_first;
+    runtime_cancel_job(runtime, job);
+    job->run(job);
+  }
+  if (runtime->idle) uv_idle_stop(runtime->idle);
+}
+
 /* ---- waiting ---- */
 
-int runtime_run_until(struct runtime *runtime, const int *done) {
-  if (*done) return 0;
-  if (runtime->running) return -1;
-  runtime->running = 1;
-  int alive = 1;
-  while (!*done && alive) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
-  runtime->running = 0;
-  return *done ? 0 : -1;
+struct fiber *runtime_wait_place(lua_State *L, struct runtime *runtime, const char *what) {
+  struct fiber *fiber = fiber_current(L);
+  if (fiber) {
+    if (lua_isyieldable(L)) return fiber;
+    error_object_raisef(L, ERR_CANNOT_WAIT,
+                        "%s: cannot wait here: a C function is in the way (a string.gsub or "
+                        "table.sort callback, a metamethod, a require'd file's top level, "
+                        "pcall from C); use :send() there and :wait() outside it", what);
+  }
+  if (!runtime->running) return NULL;
+  if (runtime->resuming)
+    error_object_raisef(L, ERR_CANNOT_WAIT,
+                        "%s: cannot wait inside a coroutine that a task or hook made "
+                        "(coroutine.wrap/resume): wait in the task itself, or use :send() "
+                        "there and :wait() in the task", what);
+  return (struct fiber *)(intptr_t)error_object_raisef(
+      L, ERR_CANNOT_WAIT,
+      "%s: cannot wait inside the event loop (a finalizer or callback); wait from a task or "
+      "from plain Lua code", what);
 }
 
 void runtime_wake(struct runtime *runtime) { uv_stop(&runtime->loop); }
@@ -115,16 +198,7 @@ static void on_sigint(int signal_number) {
   uv_async_send(runtime->interrupt);
 }
 
-static void on_interrupt(uv_async_t *handle) { runtime_wake(handle->data); }
-
 static int catch_interrupts(struct runtime *runtime, struct sigaction *previous) {
-  if (!runtime->interrupt) {
-    runtime->interrupt = malloc(sizeof *runtime->interrupt);
-    if (!runtime->interrupt) return 0;
-    uv_async_init(&runtime->loop, runtime->interrupt, on_interrupt);
-    runtime->interrupt->data = runtime;
-    uv_unref((uv_handle_t *)runtime->interrupt); /* never keeps the loop alive */
-  }
   struct sigaction ours;
   memset(&ours, 0, sizeof ours);
   ours.sa_handler = on_sigint;
@@ -144,14 +218,21 @@ static void release_interrupts(const struct sigaction *previous) {
   waiting_runtime = NULL;
 }
 
+static int has_work(struct runtime *runtime) {
+  return runtime->jobs_first != NULL;
+}
+
 int runtime_wait(struct runtime *runtime, const int *done) {
   if (*done) return WAIT_DONE;
-  if (runtime->running) return WAIT_NESTED;
   struct sigaction previous;
   int catching = catch_interrupts(runtime, &previous);
   runtime->running = 1;
   int alive = 1;
-  while (!*done && alive && !runtime->interrupted) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
+  while (!*done && (alive || has_work(runtime)) && !runtime->interrupted)
+    alive = uv_run(&runtime->loop, UV_RUN_ONCE);
+  /* what was queued with the end of the wait (hooks of a loss that ended a
+   * call) has run when the wait returns */
+  if (*done) run_jobs(runtime);
   runtime->running = 0;
   if (catching) release_interrupts(&previous);
   if (*done) return WAIT_DONE;
@@ -162,18 +243,19 @@ int runtime_wait(struct runtime *runtime, const int *done) {
   return WAIT_NOTHING_LEFT;
 }
 
+void runtime_run_until(struct runtime *runtime, const int *done) {
+  if (runtime->running) return;
+  runtime->running = 1;
+  int alive = 1;
+  while (!*done && (alive || has_work(runtime))) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
+  runtime->running = 0;
+}
+
 int runtime_wait_error(lua_State *L, int result, const char *what) {
-  switch (result) {
-    case WAIT_INTERRUPTED:
-      return error_object_raisef(L, ERR_INTERRUPTED, "%s: interrupted", what);
-    case WAIT_NESTED:
-      return error_object_raisef(L, ERR_BAD_ARGUMENT,
-                                 "%s: cannot wait here, inside the event loop (a hook or "
-                                 "callback); wait from a task or from plain Lua code", what);
-    default:
-      return error_object_raisef(L, ERR_CONNECTION_LOST,
-                                 "%s: nothing is left that could end this wait", what);
-  }
+  if (result == WAIT_INTERRUPTED)
+    return error_object_raisef(L, ERR_INTERRUPTED, "%s: interrupted", what);
+  return error_object_raisef(L, ERR_CONNECTION_LOST,
+                             "%s: nothing is left that could end this wait", what);
 }
 
 struct protected_call {
@@ -215,6 +297,8 @@ static lua_State *take_thread(struct runtime *runtime, lua_State *L) {
   return thread;
 }
 
+static void wake_job(struct job *job);
+
 struct fiber *fiber_create(struct runtime *runtime, fiber_finish_fn finish,
                            size_t context_size) {
   lua_State *L = runtime->L;
@@ -232,6 +316,7 @@ struct fiber *fiber_create(struct runtime *runtime, fiber_finish_fn finish,
   fiber->runtime = runtime;
   fiber->thread = thread;
   fiber->finish = finish;
+  job_init(&fiber->wake, wake_job);
   fiber->next = runtime->fibers;
   if (runtime->fibers) runtime->fibers->previous = fiber;
   runtime->fibers = fiber;
@@ -241,6 +326,12 @@ struct fiber *fiber_create(struct runtime *runtime, fiber_finish_fn finish,
 static void fiber_free(struct fiber *fiber) {
   struct runtime *runtime = fiber->runtime;
   lua_State *L = runtime->L;
+  if (fiber->cancel) { /* ended while waiting: the wait lets go of it */
+    fiber_cancel_fn cancel = fiber->cancel;
+    fiber->cancel = NULL;
+    cancel(fiber, fiber->wait_data);
+  }
+  runtime_cancel_job(runtime, &fiber->wake);
   /* Closes pending to-be-closed variables and leaves the thread fresh. */
   int reusable = lua_resetthread(fiber->thread) == LUA_OK &&
                  runtime->spare_count < RUNTIME_SPARE_THREADS;
@@ -264,8 +355,12 @@ static void fiber_free(struct fiber *fiber) {
 
 void fiber_resume(struct fiber *fiber, int nargs) {
   int nresults = 0;
+  struct runtime *runtime = fiber->runtime;
   fiber->waiting = 0;
-  int status = lua_resume(fiber->thread, fiber->runtime->L, nargs, &nresults);
+  fiber->cancel = NULL;
+  runtime->resuming++;
+  int status = lua_resume(fiber->thread, runtime->L, nargs, &nresults);
+  runtime->resuming--;
   if (status == LUA_YIELD) {
     if (fiber->waiting) return;
     /* A bare coroutine.yield in a task: nothing would ever resume it. */
@@ -279,6 +374,16 @@ void fiber_resume(struct fiber *fiber, int nargs) {
   fiber_free(fiber);
 }
 
+static void wake_job(struct job *job) {
+  struct fiber *fiber = (struct fiber *)((char *)job - offsetof(struct fiber, wake));
+  fiber_resume(fiber, 0);
+}
+
+void fiber_wake(struct fiber *fiber) {
+  fiber->cancel = NULL;
+  runtime_defer(fiber->runtime, &fiber->wake);
+}
+
 struct fiber *fiber_current(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
   lua_pushthread(L);
@@ -288,8 +393,11 @@ struct fiber *fiber_current(lua_State *L) {
   return fiber;
 }
 
-int fiber_yield(lua_State *L, struct fiber *fiber, lua_KContext context, lua_KFunction k) {
+int fiber_wait(lua_State *L, struct fiber *fiber, fiber_cancel_fn cancel, void *wait_data,
+               lua_KContext context, lua_KFunction k) {
   fiber->waiting = 1;
+  fiber->cancel = cancel;
+  fiber->wait_data = wait_data;
   return lua_yieldk(L, 0, context, k);
 }
 
@@ -316,11 +424,17 @@ void runtime_timer_free(uv_timer_t *timer) {
   if (timer) uv_close((uv_handle_t *)timer, timer_closed);
 }
 
+uint64_t runtime_milliseconds(double seconds) {
+  return seconds > 0 ? (uint64_t)(seconds * 1000.0 + 0.5) : 0;
+}
+
 /* ---- sleep ---- */
 
-static void fiber_timer_fired(uv_timer_t *timer) {
-  struct fiber *fiber = timer->data;
-  fiber_resume(fiber, 0);
+static void fiber_timer_fired(uv_timer_t *timer) { fiber_wake(timer->data); }
+
+static void cancel_sleep(struct fiber *fiber, void *unused) {
+  (void)unused;
+  if (fiber->timer_open) uv_timer_stop(&fiber->timer);
 }
 
 static int sleep_continue(lua_State *L, int status, lua_KContext context) {
@@ -343,8 +457,8 @@ static void plain_sleep_closed(uv_handle_t *handle) { free(handle->data); }
 
 int runtime_sleep(lua_State *L, double seconds) {
   struct runtime *runtime = runtime_get(L);
-  uint64_t milliseconds = seconds > 0 ? (uint64_t)(seconds * 1000.0 + 0.5) : 0;
-  struct fiber *fiber = fiber_current(L);
+  struct fiber *fiber = runtime_wait_place(L, runtime, "sleep");
+  uint64_t milliseconds = runtime_milliseconds(seconds);
   uv_update_time(&runtime->loop); /* the loop may have been idle: its clock is stale */
   if (fiber) {
     if (!fiber->timer_open) {
@@ -353,9 +467,8 @@ int runtime_sleep(lua_State *L, double seconds) {
     }
     fiber->timer.data = fiber;
     uv_timer_start(&fiber->timer, fiber_timer_fired, milliseconds, 0);
-    return fiber_yield(L, fiber, 0, sleep_continue);
+    return fiber_wait(L, fiber, cancel_sleep, NULL, 0, sleep_continue);
   }
-  if (runtime->running) return runtime_wait_error(L, WAIT_NESTED, "sleep");
   struct plain_sleep *sleep = malloc(sizeof *sleep);
   if (!sleep) return luaL_error(L, "out of memory");
   uv_timer_init(&runtime->loop, &sleep->timer);
@@ -371,6 +484,8 @@ int runtime_sleep(lua_State *L, double seconds) {
 /* ---- serve ---- */
 
 void runtime_add_service(struct runtime *runtime, struct service *service) {
+  if (service->listed) return;
+  service->listed = 1;
   service->previous = NULL;
   service->next = runtime->services;
   if (runtime->services) runtime->services->previous = service;
@@ -378,64 +493,71 @@ void runtime_add_service(struct runtime *runtime, struct service *service) {
 }
 
 void runtime_remove_service(struct runtime *runtime, struct service *service) {
+  if (!service->listed) return;
+  service->listed = 0;
   if (service->previous) service->previous->next = service->next;
-  else if (runtime->services == service) runtime->services = service->next;
-  else return; /* not listed */
+  else runtime->services = service->next;
   if (service->next) service->next->previous = service->previous;
   service->previous = service->next = NULL;
+  runtime_wake(runtime);
 }
 
-struct serve_state {
-  struct runtime *runtime;
-  int signal_number;
-  int handles_open;
-  uv_signal_t signals[2];
-};
+/* Raw handlers, not libuv's: a task that holds the loop (CPU-bound) must not
+ * keep a second signal from ending the process. */
+static volatile sig_atomic_t serve_signal, serve_signals_seen;
+static uv_async_t *volatile serve_wakeup;
 
-static void on_stop_signal(uv_signal_t *handle, int signal_number) {
-  struct serve_state *state = handle->data;
-  state->runtime->signals_seen++;
-  if (state->runtime->signals_seen > 1) {
-    log_line(LOG_WARN, "second %s: exiting at once", strsignal(signal_number));
+static void on_stop_signal(int signal_number) {
+  if (++serve_signals_seen > 1) { /* only async-signal-safe calls here */
+    static const char interrupt[] = "amqp-delegate: second Interrupt: exiting at once\n";
+    static const char terminated[] = "amqp-delegate: second Terminated: exiting at once\n";
+    ssize_t ignored = signal_number == SIGINT
+                          ? write(STDERR_FILENO, interrupt, sizeof interrupt - 1)
+                          : write(STDERR_FILENO, terminated, sizeof terminated - 1);
+    (void)ignored;
     _exit(128 + signal_number);
   }
-  log_line(LOG_INFO, "%s: stopping (finishing the tasks in hand; a second signal exits at once)",
-           strsignal(signal_number));
-  state->signal_number = signal_number;
-  runtime_wake(state->runtime);
+  serve_signal = signal_number;
+  if (serve_wakeup) uv_async_send(serve_wakeup);
 }
 
-static void serve_closed(uv_handle_t *handle) {
-  struct serve_state *state = handle->data;
-  if (--state->handles_open == 0) free(state);
-}
+static int services_running(struct runtime *runtime) { return runtime->services != NULL; }
 
 int runtime_serve(struct runtime *runtime, lua_State *L) {
   if (runtime->running)
-    error_object_raisef(L, ERR_BAD_ARGUMENT, "serve() cannot run inside the event loop");
-  struct serve_state *state = calloc(1, sizeof *state);
-  if (!state) return luaL_error(L, "out of memory");
-  state->runtime = runtime;
-  const int signal_numbers[2] = {SIGINT, SIGTERM};
-  for (int i = 0; i < 2; i++) {
-    uv_signal_init(&runtime->loop, &state->signals[i]);
-    state->signals[i].data = state;
-    uv_signal_start(&state->signals[i], on_stop_signal, signal_numbers[i]);
-  }
-  runtime->signals_seen = 0;
+    error_object_raisef(L, ERR_CANNOT_WAIT, "serve() cannot run inside the event loop");
+  struct sigaction ours, previous[2];
+  memset(&ours, 0, sizeof ours);
+  ours.sa_handler = on_stop_signal;
+  sigemptyset(&ours.sa_mask);
+  serve_signal = 0;
+  serve_signals_seen = 0;
+  serve_wakeup = runtime->interrupt;
+  sigaction(SIGINT, &ours, &previous[0]);
+  sigaction(SIGTERM, &ours, &previous[1]);
+  runtime->service_failures = 0;
   runtime->running = 1;
-  while (runtime->services && !state->signal_number) uv_run(&runtime->loop, UV_RUN_ONCE);
+  while (services_running(runtime) && !serve_signal) uv_run(&runtime->loop, UV_RUN_ONCE);
   runtime->running = 0;
-  /* Stop every service; each stop waits for its tasks in hand (while the
-   * signal handlers stay installed, so a second signal still exits). */
-  while (runtime->services) {
-    struct service *service = runtime->services;
-    runtime_remove_service(runtime, service);
-    service->stop(service, L);
+  int signal_number = serve_signal;
+  if (signal_number)
+    log_line(LOG_INFO, "%s: stopping (finishing the tasks in hand; a second signal exits at "
+             "once)", strsignal(signal_number));
+  /* Every service begins its stop at once; then we wait for all of them. */
+  for (struct service *service = runtime->services; service;) {
+    struct service *next = service->next;
+    service->stop(service);
+    service = next;
   }
-  int signal_number = state->signal_number;
-  state->handles_open = 2;
-  for (int i = 0; i < 2; i++) uv_close((uv_handle_t *)&state->signals[i], serve_closed);
+  runtime->running = 1;
+  while (services_running(runtime)) {
+    if (!uv_run(&runtime->loop, UV_RUN_ONCE) && !has_work(runtime)) break;
+  }
+  runtime->running = 0;
+  sigaction(SIGINT, &previous[0], NULL);
+  sigaction(SIGTERM, &previous[1], NULL);
+  serve_wakeup = NULL;
   uv_run(&runtime->loop, UV_RUN_NOWAIT);
-  return signal_number;
+  if (signal_number) return signal_number;
+  return runtime->service_failures > 0 ? -1 : 0;
 }

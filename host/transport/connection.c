@@ -1,45 +1,111 @@
-/* An AMQP connection on the runtime's loop. rabbitmq-c does nothing in the
- * background and buffers frames, so this file drains it until it has nothing
- * left before libuv polls the socket again, and a timer lets it send and check
- * heartbeats while the loop is otherwise idle. */
+/* Shared AMQP connections and their channels on a libuv loop. rabbitmq-c
+ * does nothing in the background and buffers frames, so this file drains it
+ * until it has nothing left before libuv polls the socket again, and a timer
+ * lets it send and check heartbeats while the loop is otherwise idle. The
+ * blocking part of a connection's life (resolve, connect, TLS, login) runs on
+ * a thread of libuv's pool; the loop never waits on the network. */
 #include "connection.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <amqp.h>
 #include <amqp_framing.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
+#include "amqp_errors.h"
+#include "byte_buffer.h"
 #include "log.h"
 #include "tcp_connect.h"
 
-#define CHANNEL 1
-#define HANDLE_COUNT 3
+#define CHANNEL_LIMIT 2047   /* RabbitMQ's default channel_max */
+#define CLOSE_GRACE_MS 1000  /* how long a polite close waits for close-ok */
+#define HANDLE_COUNT 5
+
+enum connection_state { CONNECTION_CONNECTING, CONNECTION_OPEN, CONNECTION_CLOSING, CONNECTION_DEAD };
+
+enum channel_state {
+  CHANNEL_WAITING, /* for its connection's handshake */
+  CHANNEL_OPENING, /* channel.open sent */
+  CHANNEL_OPEN,
+  CHANNEL_CLOSING, /* released: channel.close sent, its number still taken */
+  CHANNEL_DEAD     /* closed by the broker or with its connection */
+};
 
 enum stage { STAGE_IDLE, STAGE_HEADER, STAGE_BODY };
 
-struct connection {
-  struct runtime *runtime;
-  amqp_connection_state_t amqp;
-  struct connection_handler handler;
-  struct connection_options options;
-  uv_poll_t poll;
-  uv_timer_t heartbeat_timer;
-  uv_timer_t drain_timer; /* reads what rabbitmq-c queued during a sync RPC */
-  int handles_to_close;
-  int alive;      /* channel usable; cleared once on_lost has been called */
-  int draining;   /* inside drain: closing must wait until it unwinds */
-  int close_requested;
+/* A publish made while the broker blocks publishing, sent once it unblocks. */
+struct held_publish {
+  struct held_publish *next;
+  uint64_t ack_tag; /* an ack held behind the publishes before it, when is_ack */
+  int is_ack;
+  struct short_string correlation_id;
+  int mandatory;
+  size_t routing_key_length, reply_to_length, type_length, expiration_length, body_length;
+  int has_reply_to, has_type, has_expiration;
+  char data[]; /* routing key, reply_to, type, expiration (each NUL-ended), body */
+};
+
+struct connection;
+
+struct channel {
+  struct connection *connection;
+  struct channel_handler handler;
+  enum channel_state state;
+  int number;
+  int released;  /* the owner let go: no handler is called any more */
+  int notified;  /* on_closed was called */
+  uint32_t awaited_method; /* the reply a request waits for, 0: none */
+  enum channel_step awaited_step;
+  size_t max_body;
   enum stage stage;
   int incoming_is_return;
   uint64_t body_expected;
   struct message incoming;
   byte_buffer body;
-  char endpoint[300]; /* host:port */
+  struct held_publish *held_first, *held_last;
+  struct channel *next;
 };
+
+struct handshake {
+  uv_work_t work;
+  struct connection *connection;
+  struct amqp_url url;
+  struct connection_options options;
+  char endpoint[300];
+  amqp_connection_state_t amqp; /* the result, NULL when it failed */
+  struct ad_error error;
+};
+
+struct connection {
+  uv_loop_t *loop;
+  enum connection_state state;
+  amqp_connection_state_t amqp;
+  struct amqp_url url;
+  struct connection_options options;
+  char endpoint[300]; /* host:port */
+  struct channel *channels;
+  struct channel *by_number[CHANNEL_LIMIT + 1];
+  int handles_ready, handles_to_close;
+  uv_poll_t poll;
+  uv_timer_t heartbeat_timer;
+  uv_timer_t drain_timer;  /* a drain on the next turn (data already buffered) */
+  uv_timer_t notify_timer; /* tells channels about a loss, outside any channel_* call */
+  uv_timer_t close_timer;  /* bounds a polite close */
+  int draining, destroy_requested;
+  int blocked;
+  int abandoned; /* released during its handshake: freed when the thread ends */
+  struct ad_error loss;
+  struct connection *next; /* in the pool */
+};
+
+/* Every connection not yet freed, of every loop (a process normally has
+ * one loop); only those connecting or open are shared. */
+static struct connection *pool;
 
 void short_string_set(struct short_string *target, const void *bytes, size_t length) {
   if (length >= SHORT_STRING_MAX) length = SHORT_STRING_MAX - 1;
@@ -49,179 +115,626 @@ void short_string_set(struct short_string *target, const void *bytes, size_t len
   target->present = 1;
 }
 
+static const char *step_name(enum channel_step step) {
+  static const char *const names[] = {"opening a channel", "declaring a queue",
+                                      "setting prefetch", "consuming", "cancelling the consumer"};
+  return names[step];
+}
+
 static void copy_property(struct short_string *target, amqp_flags_t flags, amqp_flags_t flag,
                           amqp_bytes_t value) {
   target->present = 0;
   target->length = 0;
+  target->bytes[0] = '\0';
   if (flags & flag) short_string_set(target, value.bytes, value.len);
 }
 
-int connection_is_open(const struct connection *connection) { return connection->alive; }
-
-const char *connection_endpoint(const struct connection *connection) {
-  return connection->endpoint;
+static amqp_bytes_t short_bytes(const struct short_string *text) {
+  amqp_bytes_t bytes = {text->length, (void *)text->bytes};
+  return bytes;
 }
 
-amqp_connection_state_t connection_amqp(struct connection *connection) {
-  return connection->amqp;
+/* ---- the pool ---- */
+
+static int same_tls(const struct tls_options *a, const struct tls_options *b) {
+  return strcmp(a->ca_file, b->ca_file) == 0 && strcmp(a->cert_file, b->cert_file) == 0 &&
+         strcmp(a->key_file, b->key_file) == 0 && a->verify_peer == b->verify_peer &&
+         a->verify_hostname == b->verify_hostname;
 }
 
-/* ---- losing and closing ---- */
+const char *transport_version(void) { return amqp_version(); }
 
-static void connection_lost(struct connection *connection, const struct ad_error *error) {
-  if (!connection->alive) return;
-  connection->alive = 0;
-  uv_poll_stop(&connection->poll);
-  uv_timer_stop(&connection->heartbeat_timer);
-  uv_timer_stop(&connection->drain_timer);
-  if (!connection->close_requested && connection->handler.on_lost)
-    connection->handler.on_lost(connection->handler.context, error);
+static int same_text(const char *a, const char *b) {
+  return (a == NULL) == (b == NULL) && (!a || strcmp(a, b) == 0);
+}
+
+/* amqp_parse_url cuts the URL's text in place: compare what it names. */
+static int same_broker(const struct amqp_url *a, const struct amqp_url *b) {
+  return a->info.port == b->info.port && a->info.ssl == b->info.ssl &&
+         same_text(a->info.host, b->info.host) && same_text(a->info.user, b->info.user) &&
+         same_text(a->info.password, b->info.password) &&
+         same_text(a->info.vhost, b->info.vhost);
+}
+
+static struct connection *find_shared(uv_loop_t *loop, const struct amqp_url *url,
+                                      const struct connection_options *options) {
+  for (struct connection *c = pool; c; c = c->next)
+    if (c->loop == loop && !c->abandoned &&
+        (c->state == CONNECTION_CONNECTING || c->state == CONNECTION_OPEN) &&
+        same_broker(&c->url, url) &&
+        c->options.heartbeat_seconds == options->heartbeat_seconds &&
+        same_tls(&c->options.tls, &options->tls))
+      return c;
+  return NULL;
+}
+
+static void pool_remove(struct connection *connection) {
+  for (struct connection **at = &pool; *at; at = &(*at)->next)
+    if (*at == connection) {
+      *at = connection->next;
+      connection->next = NULL;
+      return;
+    }
+}
+
+int transport_connection_count(uv_loop_t *loop) {
+  int count = 0;
+  for (struct connection *c = pool; c; c = c->next)
+    if (c->loop == loop && (c->state == CONNECTION_CONNECTING || c->state == CONNECTION_OPEN))
+      count++;
+  return count;
+}
+
+/* ---- freeing ---- */
+
+static void free_held(struct channel *channel) {
+  while (channel->held_first) {
+    struct held_publish *held = channel->held_first;
+    channel->held_first = held->next;
+    free(held);
+  }
+  channel->held_last = NULL;
+}
+
+static void channel_free(struct channel *channel) {
+  struct connection *connection = channel->connection;
+  for (struct channel **at = &connection->channels; *at; at = &(*at)->next)
+    if (*at == channel) {
+      *at = channel->next;
+      break;
+    }
+  if (channel->number && connection->by_number[channel->number] == channel)
+    connection->by_number[channel->number] = NULL;
+  free_held(channel);
+  byte_buffer_free(&channel->body);
+  free(channel);
 }
 
 static void handle_closed(uv_handle_t *handle) {
   struct connection *connection = handle->data;
-  if (--connection->handles_to_close == 0) {
-    byte_buffer_free(&connection->body);
-    free(connection);
-  }
+  if (--connection->handles_to_close == 0) free(connection);
 }
 
-static void destroy(struct connection *connection) {
-  uv_poll_stop(&connection->poll); /* before rabbitmq-c closes the socket */
-  if (connection->alive) {
-    connection->alive = 0;
-    amqp_channel_close(connection->amqp, CHANNEL, AMQP_REPLY_SUCCESS);
-    amqp_connection_close(connection->amqp, AMQP_REPLY_SUCCESS);
+/* Frees the connection and the channels its owners already released. Only
+ * once no owner holds a channel of it (or at shutdown). */
+static void connection_destroy(struct connection *connection) {
+  if (connection->draining) {
+    connection->destroy_requested = 1;
+    return;
   }
-  amqp_destroy_connection(connection->amqp);
+  pool_remove(connection);
+  while (connection->channels) channel_free(connection->channels);
+  if (connection->handles_ready) uv_poll_stop(&connection->poll); /* before the socket closes */
+  if (connection->amqp) amqp_destroy_connection(connection->amqp);
   connection->amqp = NULL;
+  connection->state = CONNECTION_DEAD;
+  if (!connection->handles_ready) {
+    free(connection);
+    return;
+  }
   connection->handles_to_close = HANDLE_COUNT;
   uv_close((uv_handle_t *)&connection->poll, handle_closed);
   uv_close((uv_handle_t *)&connection->heartbeat_timer, handle_closed);
   uv_close((uv_handle_t *)&connection->drain_timer, handle_closed);
+  uv_close((uv_handle_t *)&connection->notify_timer, handle_closed);
+  uv_close((uv_handle_t *)&connection->close_timer, handle_closed);
 }
 
-void connection_close(struct connection *connection) {
-  if (connection->close_requested) return;
-  connection->close_requested = 1;
-  if (!connection->draining) destroy(connection);
+static int held_by_owners(const struct connection *connection) {
+  for (const struct channel *c = connection->channels; c; c = c->next)
+    if (!c->released) return 1;
+  return 0;
+}
+
+/* ---- losing ---- */
+
+static void stop_watching(struct connection *connection) {
+  if (!connection->handles_ready) return;
+  uv_poll_stop(&connection->poll);
+  uv_timer_stop(&connection->heartbeat_timer);
+  uv_timer_stop(&connection->drain_timer);
+}
+
+/* Tells every channel still held about the loss; the owners release them,
+ * and the last release frees the connection (deferred while we iterate). */
+static void notify_channels(struct connection *connection) {
+  connection->draining = 1;
+  for (;;) {
+    struct channel *channel = connection->channels;
+    while (channel && (channel->released || channel->notified)) channel = channel->next;
+    if (!channel) break;
+    channel->notified = 1;
+    channel->state = CHANNEL_DEAD;
+    channel->handler.on_closed(channel->handler.owner, &connection->loss);
+  }
+  connection->draining = 0;
+  if (connection->destroy_requested || !held_by_owners(connection))
+    connection_destroy(connection);
+}
+
+static void notify_loss(uv_timer_t *timer) { notify_channels(timer->data); }
+
+/* The socket, the heartbeat or the broker ended the connection. The owners
+ * hear it on the next turn of the loop, never inside a channel_* call. */
+static void connection_lost(struct connection *connection, const struct ad_error *error) {
+  if (connection->state == CONNECTION_DEAD) return;
+  int was_closing = connection->state == CONNECTION_CLOSING;
+  connection->state = CONNECTION_DEAD;
+  connection->loss = *error;
+  stop_watching(connection);
+  uv_timer_stop(&connection->close_timer);
+  if (was_closing && !held_by_owners(connection)) {
+    connection_destroy(connection);
+    return;
+  }
+  log_line(LOG_DEBUG, "connection to %s lost: %s: %s", connection->endpoint, error->code,
+           error->message);
+  uv_timer_start(&connection->notify_timer, notify_loss, 0, 0);
+}
+
+static int send_status(struct connection *connection, int status, const char *doing,
+                       struct ad_error *error) {
+  if (status == AMQP_STATUS_OK) return 0;
+  char context[400];
+  snprintf(context, sizeof context, "%s: %s", connection->endpoint, doing);
+  error_from_status(error, ERR_CONNECTION_LOST, status, context);
+  connection_lost(connection, error);
+  return -1;
+}
+
+/* ---- closing politely ---- */
+
+static void close_timed_out(uv_timer_t *timer) { connection_destroy(timer->data); }
+
+/* The last owner let go: connection.close, then close-ok or the grace time. */
+static void connection_close(struct connection *connection) {
+  if (connection->state != CONNECTION_OPEN) return;
+  connection->state = CONNECTION_CLOSING;
+  amqp_connection_close_t close = {AMQP_REPLY_SUCCESS, amqp_cstring_bytes("bye"), 0, 0};
+  if (amqp_send_method(connection->amqp, 0, AMQP_CONNECTION_CLOSE_METHOD, &close) !=
+      AMQP_STATUS_OK) {
+    connection_destroy(connection);
+    return;
+  }
+  uv_timer_start(&connection->close_timer, close_timed_out, CLOSE_GRACE_MS, 0);
+}
+
+/* ---- requests on a channel ---- */
+
+static int require_open(struct channel *channel, struct ad_error *error) {
+  if (channel->state == CHANNEL_OPEN && channel->connection->state == CONNECTION_OPEN) return 0;
+  error_set(error, ERR_CONNECTION_LOST, "%s: the channel is closed",
+            channel->connection->endpoint);
+  return -1;
+}
+
+static int send_request(struct channel *channel, amqp_method_number_t method, void *arguments,
+                        amqp_method_number_t reply, enum channel_step step, const char *doing,
+                        struct ad_error *error) {
+  if (require_open(channel, error) != 0) return -1;
+  channel->awaited_method = reply;
+  channel->awaited_step = step;
+  return send_status(channel->connection,
+                     amqp_send_method(channel->connection->amqp, (amqp_channel_t)channel->number,
+                                      method, arguments),
+                     doing, error);
+}
+
+int channel_declare(struct channel *channel, const char *queue, int passive, int durable,
+                    int exclusive, int auto_delete, struct ad_error *error) {
+  amqp_queue_declare_t declare;
+  memset(&declare, 0, sizeof declare);
+  declare.queue = amqp_cstring_bytes(queue);
+  declare.passive = (amqp_boolean_t)passive;
+  declare.durable = (amqp_boolean_t)durable;
+  declare.exclusive = (amqp_boolean_t)exclusive;
+  declare.auto_delete = (amqp_boolean_t)auto_delete;
+  declare.arguments = amqp_empty_table;
+  return send_request(channel, AMQP_QUEUE_DECLARE_METHOD, &declare, AMQP_QUEUE_DECLARE_OK_METHOD,
+                      STEP_DECLARE, "declaring a queue", error);
+}
+
+int channel_qos(struct channel *channel, int prefetch, struct ad_error *error) {
+  amqp_basic_qos_t qos = {0, (uint16_t)prefetch, 0};
+  return send_request(channel, AMQP_BASIC_QOS_METHOD, &qos, AMQP_BASIC_QOS_OK_METHOD, STEP_QOS,
+                      "setting prefetch", error);
+}
+
+int channel_consume(struct channel *channel, const struct short_string *queue, int no_ack,
+                    int exclusive, struct ad_error *error) {
+  amqp_basic_consume_t consume;
+  memset(&consume, 0, sizeof consume);
+  consume.queue = short_bytes(queue);
+  consume.consumer_tag = amqp_empty_bytes;
+  consume.no_ack = (amqp_boolean_t)no_ack;
+  consume.exclusive = (amqp_boolean_t)exclusive;
+  consume.arguments = amqp_empty_table;
+  return send_request(channel, AMQP_BASIC_CONSUME_METHOD, &consume,
+                      AMQP_BASIC_CONSUME_OK_METHOD, STEP_CONSUME, "consuming", error);
+}
+
+int channel_cancel(struct channel *channel, const struct short_string *consumer_tag,
+                   struct ad_error *error) {
+  amqp_basic_cancel_t cancel = {short_bytes(consumer_tag), 0};
+  return send_request(channel, AMQP_BASIC_CANCEL_METHOD, &cancel, AMQP_BASIC_CANCEL_OK_METHOD,
+                      STEP_CANCEL, "cancelling the consumer", error);
+}
+
+/* ---- publishing, holding while blocked ---- */
+
+static int publish_now(struct channel *channel, const struct publish *publish,
+                       struct ad_error *error) {
+  amqp_basic_properties_t properties;
+  properties._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+  properties.content_type = amqp_cstring_bytes("application/json");
+  properties.correlation_id = short_bytes(publish->correlation_id);
+  if (publish->reply_to) {
+    properties._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+    properties.reply_to = amqp_cstring_bytes(publish->reply_to);
+  }
+  if (publish->expiration) {
+    properties._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+    properties.expiration = amqp_cstring_bytes(publish->expiration);
+  }
+  if (publish->type) {
+    properties._flags |= AMQP_BASIC_TYPE_FLAG;
+    properties.type = amqp_cstring_bytes(publish->type);
+  }
+  amqp_bytes_t body = {publish->body_length, (void *)publish->body};
+  int status = amqp_basic_publish(channel->connection->amqp, (amqp_channel_t)channel->number,
+                                  amqp_empty_bytes, amqp_cstring_bytes(publish->routing_key),
+                                  publish->mandatory, 0, &properties, body);
+  return send_status(channel->connection, status, "publishing", error);
+}
+
+static char *append_text(char *out, const char *text, size_t *length, int *present) {
+  *present = text != NULL;
+  *length = text ? strlen(text) : 0;
+  if (text) memcpy(out, text, *length);
+  out[*length] = '\0';
+  return out + *length + 1;
+}
+
+static void append_held(struct channel *channel, struct held_publish *held) {
+  held->next = NULL;
+  if (channel->held_last) channel->held_last->next = held;
+  else channel->held_first = held;
+  channel->held_last = held;
+}
+
+/* An ack after a held reply waits for it: a request is acked only once its
+ * answer has left. */
+static int hold_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
+  struct held_publish *held = calloc(1, sizeof *held);
+  if (!held) {
+    error_set(error, ERR_CONNECTION_LOST, "out of memory holding an ack while blocked");
+    return -1;
+  }
+  held->is_ack = 1;
+  held->ack_tag = delivery_tag;
+  append_held(channel, held);
+  return 1;
+}
+
+static int hold(struct channel *channel, const struct publish *publish, struct ad_error *error) {
+  size_t size = strlen(publish->routing_key) + (publish->reply_to ? strlen(publish->reply_to) : 0) +
+                (publish->type ? strlen(publish->type) : 0) +
+                (publish->expiration ? strlen(publish->expiration) : 0) + 4 +
+                publish->body_length;
+  struct held_publish *held = malloc(sizeof *held + size);
+  if (!held) {
+    error_set(error, ERR_CONNECTION_LOST, "out of memory holding a publish while blocked");
+    return -1;
+  }
+  int present;
+  char *at = append_text(held->data, publish->routing_key, &held->routing_key_length, &present);
+  at = append_text(at, publish->reply_to, &held->reply_to_length, &held->has_reply_to);
+  at = append_text(at, publish->type, &held->type_length, &held->has_type);
+  at = append_text(at, publish->expiration, &held->expiration_length, &held->has_expiration);
+  memcpy(at, publish->body, publish->body_length);
+  held->body_length = publish->body_length;
+  held->correlation_id = *publish->correlation_id;
+  held->mandatory = publish->mandatory;
+  held->is_ack = 0;
+  append_held(channel, held);
+  return 1;
+}
+
+static int send_held(struct channel *channel, struct held_publish *held, struct ad_error *error) {
+  if (held->is_ack)
+    return send_status(channel->connection,
+                       amqp_basic_ack(channel->connection->amqp, (amqp_channel_t)channel->number,
+                                      held->ack_tag, 0),
+                       "acknowledging", error);
+  const char *routing_key = held->data;
+  const char *reply_to = routing_key + held->routing_key_length + 1;
+  const char *type = reply_to + held->reply_to_length + 1;
+  const char *expiration = type + held->type_length + 1;
+  const char *body = expiration + held->expiration_length + 1;
+  struct publish publish = {routing_key, &held->correlation_id,
+                            held->has_reply_to ? reply_to : NULL, held->has_type ? type : NULL,
+                            held->has_expiration ? expiration : NULL, body, held->body_length,
+                            held->mandatory};
+  return publish_now(channel, &publish, error);
+}
+
+/* The broker unblocked: what was held goes out in order. */
+static void flush_held(struct connection *connection) {
+  struct ad_error error;
+  for (struct channel *channel = connection->channels; channel; channel = channel->next) {
+    while (channel->held_first && connection->state == CONNECTION_OPEN && !connection->blocked &&
+           channel->state == CHANNEL_OPEN) {
+      struct held_publish *held = channel->held_first;
+      channel->held_first = held->next;
+      if (!channel->held_first) channel->held_last = NULL;
+      int status = send_held(channel, held, &error);
+      free(held);
+      if (status != 0) return;
+    }
+  }
+}
+
+int channel_publish(struct channel *channel, const struct publish *publish,
+                    struct ad_error *error) {
+  if (require_open(channel, error) != 0) return -1;
+  if (channel->connection->blocked || channel->held_first) return hold(channel, publish, error);
+  return publish_now(channel, publish, error);
+}
+
+int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
+  if (require_open(channel, error) != 0) return -1;
+  if (channel->held_first) return hold_ack(channel, delivery_tag, error);
+  return send_status(channel->connection,
+                     amqp_basic_ack(channel->connection->amqp, (amqp_channel_t)channel->number,
+                                    delivery_tag, 0),
+                     "acknowledging", error);
+}
+
+int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
+                   struct ad_error *error) {
+  if (require_open(channel, error) != 0) return -1;
+  return send_status(channel->connection,
+                     amqp_basic_reject(channel->connection->amqp, (amqp_channel_t)channel->number,
+                                       delivery_tag, requeue),
+                     "rejecting", error);
+}
+
+int channel_is_open(const struct channel *channel) {
+  return channel->state == CHANNEL_OPEN && channel->connection->state == CONNECTION_OPEN;
+}
+
+int channel_is_blocked(const struct channel *channel) { return channel->connection->blocked; }
+
+const char *channel_endpoint(const struct channel *channel) {
+  return channel->connection->endpoint;
 }
 
 /* ---- reading ---- */
 
-static void message_complete(struct connection *connection) {
-  struct message *message = &connection->incoming;
-  message->body = message->body_too_large ? NULL : connection->body.data;
-  message->body_length = connection->body.length;
-  connection->stage = STAGE_IDLE;
-  if (connection->incoming_is_return) {
-    if (connection->handler.on_return)
-      connection->handler.on_return(connection->handler.context, message);
-  } else {
-    connection->handler.on_message(connection->handler.context, message);
+static void message_complete(struct channel *channel) {
+  struct message *message = &channel->incoming;
+  message->body = message->body_too_large ? NULL : channel->body.data;
+  message->body_length = channel->body.length;
+  channel->stage = STAGE_IDLE;
+  if (channel->released) return;
+  if (channel->incoming_is_return) {
+    if (channel->handler.on_return) channel->handler.on_return(channel->handler.owner, message);
+  } else if (channel->handler.on_message) {
+    channel->handler.on_message(channel->handler.owner, message);
   }
-  byte_buffer_reset(&connection->body);
 }
 
-static void start_message(struct connection *connection, int is_return) {
-  struct message *message = &connection->incoming;
-  memset(message, 0, offsetof(struct message, correlation_id));
+static void start_message(struct channel *channel, int is_return) {
+  struct message *message = &channel->incoming;
+  message->delivery_tag = 0;
+  message->redelivered = 0;
   message->body_too_large = 0;
   message->return_code = 0;
   message->return_text.present = 0;
-  connection->incoming_is_return = is_return;
-  connection->stage = STAGE_HEADER;
-  byte_buffer_reset(&connection->body);
+  message->return_text.bytes[0] = '\0';
+  channel->incoming_is_return = is_return;
+  channel->stage = STAGE_HEADER;
+  byte_buffer_reset(&channel->body);
 }
 
-static void on_header(struct connection *connection, const amqp_frame_t *frame) {
+static void on_header(struct channel *channel, const amqp_frame_t *frame) {
   const amqp_basic_properties_t *properties = frame->payload.properties.decoded;
-  struct message *message = &connection->incoming;
+  struct message *message = &channel->incoming;
   copy_property(&message->correlation_id, properties->_flags, AMQP_BASIC_CORRELATION_ID_FLAG,
                 properties->correlation_id);
   copy_property(&message->reply_to, properties->_flags, AMQP_BASIC_REPLY_TO_FLAG,
                 properties->reply_to);
   copy_property(&message->type, properties->_flags, AMQP_BASIC_TYPE_FLAG, properties->type);
-  connection->body_expected = frame->payload.properties.body_size;
-  message->body_too_large = connection->body_expected > connection->options.max_body;
-  connection->stage = STAGE_BODY;
-  if (connection->body_expected == 0) message_complete(connection);
+  channel->body_expected = frame->payload.properties.body_size;
+  message->body_too_large = channel->body_expected > channel->max_body;
+  channel->stage = STAGE_BODY;
+  if (channel->body_expected == 0) message_complete(channel);
 }
 
 /* Bodies over the limit are read and dropped, so the stream stays in step
  * and the owner can still settle the message and answer its caller. */
-static int on_body(struct connection *connection, const amqp_frame_t *frame,
-                   struct ad_error *error) {
+static int on_body(struct channel *channel, const amqp_frame_t *frame, struct ad_error *error) {
   amqp_bytes_t fragment = frame->payload.body_fragment;
-  connection->body_expected -= fragment.len < connection->body_expected
-                                   ? fragment.len
-                                   : connection->body_expected;
-  if (!connection->incoming.body_too_large) {
-    if (byte_buffer_append(&connection->body, fragment.bytes, fragment.len) != 0) {
+  channel->body_expected -=
+      fragment.len < channel->body_expected ? fragment.len : channel->body_expected;
+  if (!channel->incoming.body_too_large) {
+    if (byte_buffer_append(&channel->body, fragment.bytes, fragment.len) != 0) {
       error_set(error, ERR_CONNECTION_LOST, "out of memory for a %zu byte message",
-                connection->body.length + fragment.len);
+                channel->body.length + fragment.len);
       return -1;
     }
   } else {
-    connection->body.length += fragment.len; /* counts what was dropped */
+    channel->body.length += fragment.len; /* counts what was dropped */
   }
-  if (connection->body_expected == 0) message_complete(connection);
+  if (channel->body_expected == 0) message_complete(channel);
   return 0;
 }
 
-static int on_method(struct connection *connection, const amqp_frame_t *frame,
-                     struct ad_error *error) {
-  const amqp_method_t *method = &frame->payload.method;
+static void deliver_reply(struct channel *channel, const amqp_method_t *method) {
+  struct channel_reply reply;
+  reply.step = channel->awaited_step;
+  reply.queue.present = reply.consumer_tag.present = 0;
+  reply.queue.length = reply.consumer_tag.length = 0;
+  reply.queue.bytes[0] = reply.consumer_tag.bytes[0] = '\0';
+  reply.message_count = reply.consumer_count = 0;
+  if (method->id == AMQP_QUEUE_DECLARE_OK_METHOD) {
+    const amqp_queue_declare_ok_t *ok = method->decoded;
+    short_string_set(&reply.queue, ok->queue.bytes, ok->queue.len);
+    reply.message_count = ok->message_count;
+    reply.consumer_count = ok->consumer_count;
+  } else if (method->id == AMQP_BASIC_CONSUME_OK_METHOD) {
+    const amqp_basic_consume_ok_t *ok = method->decoded;
+    short_string_set(&reply.consumer_tag, ok->consumer_tag.bytes, ok->consumer_tag.len);
+  }
+  channel->awaited_method = 0;
+  if (method->id == AMQP_CHANNEL_OPEN_OK_METHOD) channel->state = CHANNEL_OPEN;
+  if (!channel->released && channel->handler.on_reply)
+    channel->handler.on_reply(channel->handler.owner, &reply);
+}
+
+/* The broker closed this channel (a refusal) or cancelled its consumer. */
+static void channel_failed(struct channel *channel, const struct ad_error *error) {
+  if (channel->released) return;
+  channel->notified = 1;
+  channel->handler.on_closed(channel->handler.owner, error);
+}
+
+static int on_channel_method(struct channel *channel, const amqp_method_t *method) {
+  struct connection *connection = channel->connection;
+  struct ad_error error;
   switch (method->id) {
     case AMQP_BASIC_DELIVER_METHOD: {
       const amqp_basic_deliver_t *deliver = method->decoded;
-      start_message(connection, 0);
-      connection->incoming.delivery_tag = deliver->delivery_tag;
-      connection->incoming.redelivered = deliver->redelivered;
+      start_message(channel, 0);
+      channel->incoming.delivery_tag = deliver->delivery_tag;
+      channel->incoming.redelivered = deliver->redelivered;
       return 0;
     }
     case AMQP_BASIC_RETURN_METHOD: {
       const amqp_basic_return_t *returned = method->decoded;
-      start_message(connection, 1);
-      connection->incoming.return_code = returned->reply_code;
-      short_string_set(&connection->incoming.return_text, returned->reply_text.bytes,
+      start_message(channel, 1);
+      channel->incoming.return_code = returned->reply_code;
+      short_string_set(&channel->incoming.return_text, returned->reply_text.bytes,
                        returned->reply_text.len);
       return 0;
     }
     case AMQP_CHANNEL_CLOSE_METHOD: {
       amqp_channel_close_ok_t close_ok = {0};
-      error_from_close_method(error, method, connection->endpoint);
-      amqp_send_method(connection->amqp, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
-      return -1;
+      char doing[400];
+      snprintf(doing, sizeof doing, "%s%s%s", connection->endpoint,
+               channel->awaited_method ? ": " : "",
+               channel->awaited_method ? step_name(channel->awaited_step) : "");
+      error_from_close_method(&error, method, doing);
+      int status = amqp_send_method(connection->amqp, (amqp_channel_t)channel->number,
+                                    AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
+      connection->by_number[channel->number] = NULL;
+      channel->number = 0;
+      int was_closing = channel->state == CHANNEL_CLOSING;
+      channel->state = CHANNEL_DEAD;
+      if (was_closing) channel_free(channel);
+      else channel_failed(channel, &error);
+      return send_status(connection, status, "closing a channel", &error);
     }
+    case AMQP_CHANNEL_CLOSE_OK_METHOD:
+      if (channel->state == CHANNEL_CLOSING) channel_free(channel);
+      return 0;
+    case AMQP_BASIC_CANCEL_METHOD:
+      if (channel->state == CHANNEL_OPEN) {
+        error_from_close_method(&error, method, connection->endpoint);
+        channel_failed(channel, &error);
+      }
+      return 0;
+    default:
+      if (method->id == channel->awaited_method && channel->state != CHANNEL_CLOSING)
+        deliver_reply(channel, method);
+      return 0; /* nothing else concerns us */
+  }
+}
+
+static void set_blocked(struct connection *connection, int blocked) {
+  connection->blocked = blocked;
+  log_line(blocked ? LOG_WARN : LOG_INFO, "%s: the broker %s publishing%s", connection->endpoint,
+           blocked ? "blocks" : "unblocked", blocked ? " (memory or disk alarm)" : "");
+  for (struct channel *channel = connection->channels; channel; channel = channel->next)
+    if (!channel->released && channel->handler.on_blocked)
+      channel->handler.on_blocked(channel->handler.owner, blocked);
+  if (!blocked) flush_held(connection);
+}
+
+static int on_connection_method(struct connection *connection, const amqp_method_t *method,
+                                struct ad_error *error) {
+  switch (method->id) {
     case AMQP_CONNECTION_CLOSE_METHOD: {
       amqp_connection_close_ok_t close_ok = {0};
       error_from_close_method(error, method, connection->endpoint);
       amqp_send_method(connection->amqp, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &close_ok);
       return -1;
     }
-    case AMQP_BASIC_CANCEL_METHOD:
-      error_from_close_method(error, method, connection->endpoint);
+    case AMQP_CONNECTION_CLOSE_OK_METHOD:
+      error_set(error, ERR_CONNECTION_LOST, "%s: closed", connection->endpoint);
       return -1;
+    case AMQP_CONNECTION_BLOCKED_METHOD:
+      set_blocked(connection, 1);
+      return 0;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      set_blocked(connection, 0);
+      return 0;
     default:
-      return 0; /* nothing else concerns us (e.g. basic.cancel-ok after stop) */
+      return 0;
   }
+}
+
+static struct channel *channel_numbered(struct connection *connection, amqp_channel_t number) {
+  return number >= 1 && number <= CHANNEL_LIMIT ? connection->by_number[number] : NULL;
 }
 
 static int on_frame(struct connection *connection, const amqp_frame_t *frame,
                     struct ad_error *error) {
+  if (frame->channel == 0) {
+    if (frame->frame_type == AMQP_FRAME_METHOD)
+      return on_connection_method(connection, &frame->payload.method, error);
+    return 0;
+  }
+  struct channel *channel = channel_numbered(connection, frame->channel);
+  if (!channel) return 0;
   switch (frame->frame_type) {
     case AMQP_FRAME_METHOD:
-      return on_method(connection, frame, error);
+      return on_channel_method(channel, &frame->payload.method);
     case AMQP_FRAME_HEADER:
-      if (connection->stage == STAGE_HEADER) on_header(connection, frame);
+      if (channel->stage == STAGE_HEADER) on_header(channel, frame);
       return 0;
     case AMQP_FRAME_BODY:
-      if (connection->stage == STAGE_BODY) return on_body(connection, frame, error);
+      if (channel->stage == STAGE_BODY) return on_body(channel, frame, error);
       return 0;
     default:
       return 0;
   }
+}
+
+static int assembling(const struct connection *connection, amqp_channel_t number) {
+  const struct channel *channel =
+      number >= 1 && number <= CHANNEL_LIMIT ? connection->by_number[number] : NULL;
+  return channel && channel->stage != STAGE_IDLE;
 }
 
 /* Reads every frame rabbitmq-c can give without blocking. The first read
@@ -230,20 +743,22 @@ static int on_frame(struct connection *connection, const amqp_frame_t *frame,
  * and a poll that find nothing, and epoll (level-triggered) wakes us for
  * whatever the kernel still holds. */
 static void drain(struct connection *connection) {
-  static const struct timeval immediately = {0, 0};
   struct ad_error error;
   connection->draining = 1;
   int first = 1;
-  while (connection->alive && !connection->close_requested &&
+  while ((connection->state == CONNECTION_OPEN || connection->state == CONNECTION_CLOSING) &&
+         !connection->destroy_requested &&
          (first || amqp_frames_enqueued(connection->amqp) ||
           amqp_data_in_buffer(connection->amqp))) {
     first = 0;
     amqp_frame_t frame;
-    struct timeval timeout = immediately;
-    int status = amqp_simple_wait_frame_noblock(connection->amqp, &frame, &timeout);
+    struct timeval immediately = {0, 0};
+    int status = amqp_simple_wait_frame_noblock(connection->amqp, &frame, &immediately);
     if (status == AMQP_STATUS_TIMEOUT) break;
     if (status != AMQP_STATUS_OK) {
-      error_from_status(&error, ERR_CONNECTION_LOST, status, connection->endpoint);
+      char doing[350];
+      snprintf(doing, sizeof doing, "%s: reading", connection->endpoint);
+      error_from_status(&error, ERR_CONNECTION_LOST, status, doing);
       connection_lost(connection, &error);
       break;
     }
@@ -251,19 +766,20 @@ static void drain(struct connection *connection) {
       connection_lost(connection, &error);
       break;
     }
-    if (connection->stage == STAGE_IDLE) amqp_maybe_release_buffers(connection->amqp);
+    if (connection->amqp && !assembling(connection, frame.channel))
+      amqp_maybe_release_buffers_on_channel(connection->amqp, frame.channel);
   }
   connection->draining = 0;
-  if (connection->close_requested) destroy(connection);
+  if (connection->destroy_requested) connection_destroy(connection);
 }
 
-/* libuv reports a socket error (POLLERR, e.g. a reset) as UV_EBADF; reading
- * lets rabbitmq-c say what really happened. */
+/* libuv reports a socket error (POLLERR, e.g. a reset) as a negative status;
+ * reading lets rabbitmq-c say what really happened. */
 static void on_readable(uv_poll_t *poll, int status, int events) {
   (void)events;
   struct connection *connection = poll->data;
   drain(connection);
-  if (status < 0 && connection->alive && !connection->close_requested) {
+  if (status < 0 && connection->state == CONNECTION_OPEN && !connection->destroy_requested) {
     struct ad_error error;
     error_set(&error, ERR_CONNECTION_LOST, "%s: the connection failed (socket error)",
               connection->endpoint);
@@ -273,29 +789,54 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
 
 static void on_timer(uv_timer_t *timer) { drain(timer->data); }
 
-int connection_check_rpc(struct connection *connection, const char *doing,
-                         struct ad_error *error) {
-  amqp_rpc_reply_t reply = amqp_get_rpc_reply(connection->amqp);
-  if (amqp_frames_enqueued(connection->amqp) || amqp_data_in_buffer(connection->amqp))
-    uv_timer_start(&connection->drain_timer, on_timer, 0, 0);
-  if (error_from_rpc_reply(error, reply, doing) == 0) return 0;
-  if (reply.reply_type != AMQP_RESPONSE_NORMAL) connection_lost(connection, error);
-  return -1;
+void transport_shutdown(uv_loop_t *loop) {
+  int again = 1;
+  while (again) {
+    again = 0;
+    for (struct connection *c = pool; c; c = c->next) {
+      if (c->loop != loop) continue;
+      if (c->state == CONNECTION_CONNECTING) {
+        c->abandoned = 1; /* its thread ends within connect_timeout */
+        continue;
+      }
+      connection_destroy(c); /* leaves the pool */
+      again = 1;
+      break;
+    }
+  }
 }
 
-/* ---- opening ---- */
+void transport_poll(uv_loop_t *loop) {
+  for (struct connection *c = pool; c; c = c->next)
+    if (c->loop == loop && c->state == CONNECTION_OPEN && c->handles_ready)
+      uv_timer_start(&c->drain_timer, on_timer, 0, 0);
+}
 
-static int open_tcp(struct connection *connection, const struct amqp_url *url,
-                    struct ad_error *error) {
-  amqp_socket_t *socket = amqp_tcp_socket_new(connection->amqp);
+/* ---- the handshake, on a thread of libuv's pool ---- */
+
+static double seconds_now(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+static struct timeval timeval_of(double seconds) {
+  if (seconds < 0.001) seconds = 0.001;
+  struct timeval value = {(time_t)seconds, (suseconds_t)((seconds - (time_t)seconds) * 1e6)};
+  return value;
+}
+
+static int open_tcp(struct handshake *handshake, double deadline) {
+  const struct amqp_url *url = &handshake->url;
+  amqp_socket_t *socket = amqp_tcp_socket_new(handshake->amqp);
   char why[200];
-  int fd = socket ? tcp_connect(url->info.host, url->info.port,
-                                connection->options.connect_timeout, why, sizeof why)
+  int fd = socket ? tcp_connect(url->info.host, url->info.port, deadline - seconds_now(), why,
+                                sizeof why)
                   : -1;
   if (!socket) snprintf(why, sizeof why, "cannot create a socket");
   if (fd < 0) {
-    error_set(error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): %s",
-              connection->endpoint, url->redacted, why);
+    error_set(&handshake->error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): %s",
+              handshake->endpoint, url->redacted, why);
     return -1;
   }
   amqp_tcp_socket_set_sockfd(socket, fd); /* rabbitmq-c owns and closes it now */
@@ -324,78 +865,95 @@ static int configure_tls(amqp_socket_t *socket, const struct tls_options *tls, c
 
 /* rabbitmq-c connects TLS sockets itself; when that fails below TLS, our own
  * connect says why (refused, timed out, unknown host). */
-static int open_tls(struct connection *connection, const struct amqp_url *url,
-                    struct ad_error *error) {
+static int open_tls(struct handshake *handshake, double deadline) {
+  const struct amqp_url *url = &handshake->url;
   char why[2 * TLS_PATH_MAX + 100];
-  amqp_socket_t *socket = amqp_ssl_socket_new(connection->amqp);
+  amqp_socket_t *socket = amqp_ssl_socket_new(handshake->amqp);
   if (!socket) snprintf(why, sizeof why, "cannot create a TLS socket");
-  if (!socket || configure_tls(socket, &connection->options.tls, why, sizeof why) != 0) {
-    error_set(error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): %s",
-              connection->endpoint, url->redacted, why);
+  if (!socket || configure_tls(socket, &handshake->options.tls, why, sizeof why) != 0) {
+    error_set(&handshake->error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): %s",
+              handshake->endpoint, url->redacted, why);
     return -1;
   }
-  double timeout = connection->options.connect_timeout;
-  struct timeval limit = {(time_t)timeout, (suseconds_t)((timeout - (time_t)timeout) * 1e6)};
+  struct timeval limit = timeval_of(deadline - seconds_now());
   int status = amqp_socket_open_noblock(socket, url->info.host, url->info.port, &limit);
   if (status == AMQP_STATUS_OK) return 0;
   snprintf(why, sizeof why, "%s", amqp_error_string2(status));
   if (status == AMQP_STATUS_SOCKET_ERROR || status == AMQP_STATUS_TIMEOUT ||
       status == AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED) {
-    int fd = tcp_connect(url->info.host, url->info.port, timeout, why, sizeof why);
+    int fd = tcp_connect(url->info.host, url->info.port, deadline - seconds_now(), why,
+                         sizeof why);
     if (fd >= 0) close(fd);
   }
-  error_set(error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): TLS: %s",
-            connection->endpoint, url->redacted, why);
+  error_set(&handshake->error, ERR_CONNECTION_FAILED, "cannot connect to %s (%s): TLS: %s",
+            handshake->endpoint, url->redacted, why);
   return -1;
 }
 
-static int open_socket(struct connection *connection, const struct amqp_url *url,
-                       struct ad_error *error) {
-  return url->info.ssl ? open_tls(connection, url, error) : open_tcp(connection, url, error);
-}
-
-static int log_in(struct connection *connection, const struct amqp_url *url,
-                  struct ad_error *error) {
-  struct timeval rpc_timeout = {30, 0};
-  amqp_set_rpc_timeout(connection->amqp, &rpc_timeout);
-  /* consumer_cancel_notify: without it RabbitMQ stops delivering to a
-   * consumer whose queue was deleted and says nothing. */
-  amqp_table_entry_t capabilities[2] = {
+static int log_in(struct handshake *handshake, double deadline) {
+  const struct amqp_url *url = &handshake->url;
+  struct timeval left = timeval_of(deadline - seconds_now());
+  amqp_set_handshake_timeout(handshake->amqp, &left);
+  amqp_set_rpc_timeout(handshake->amqp, &left);
+  /* Capabilities rabbitmq-c does not announce itself: without them RabbitMQ
+   * says nothing when a consumer's queue is deleted or publishing is blocked. */
+  amqp_table_entry_t capabilities[3] = {
       {amqp_cstring_bytes("consumer_cancel_notify"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
       {amqp_cstring_bytes("authentication_failure_close"),
-       {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
+       {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+      {amqp_cstring_bytes("connection.blocked"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
   amqp_table_entry_t properties[2] = {
       {amqp_cstring_bytes("product"),
        {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("amqp-delegate for Lua")}}},
       {amqp_cstring_bytes("capabilities"),
-       {AMQP_FIELD_KIND_TABLE, {.table = {2, capabilities}}}}};
+       {AMQP_FIELD_KIND_TABLE, {.table = {3, capabilities}}}}};
   amqp_table_t client_properties = {2, properties};
   amqp_rpc_reply_t reply = amqp_login_with_properties(
-      connection->amqp, url->info.vhost, 0, AMQP_DEFAULT_FRAME_SIZE,
-      connection->options.heartbeat_seconds, &client_properties, AMQP_SASL_METHOD_PLAIN,
+      handshake->amqp, url->info.vhost, CHANNEL_LIMIT, AMQP_DEFAULT_FRAME_SIZE,
+      handshake->options.heartbeat_seconds, &client_properties, AMQP_SASL_METHOD_PLAIN,
       url->info.user, url->info.password);
   if (reply.reply_type == AMQP_RESPONSE_NORMAL) return 0;
   char doing[sizeof url->redacted + 400];
-  snprintf(doing, sizeof doing, "logging in to %s as '%s' (%s)", connection->endpoint,
+  snprintf(doing, sizeof doing, "logging in to %s as '%s' (%s)", handshake->endpoint,
            url->info.user, url->redacted);
-  error_from_login(error, reply, doing, url->info.vhost);
+  if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+      reply.library_error == AMQP_STATUS_TIMEOUT)
+    error_set(&handshake->error, ERR_CONNECTION_FAILED,
+              "%s: the broker did not answer within %g s (connect_timeout)", doing,
+              handshake->options.connect_timeout);
+  else
+    error_from_login(&handshake->error, reply, doing, url->info.vhost);
   return -1;
 }
 
-static int open_channel(struct connection *connection, struct ad_error *error) {
-  amqp_channel_open(connection->amqp, CHANNEL);
-  return error_from_rpc_reply(error, amqp_get_rpc_reply(connection->amqp),
-                              "opening a channel");
+static void handshake_work(uv_work_t *work) {
+  struct handshake *handshake = work->data;
+  double deadline = seconds_now() + handshake->options.connect_timeout;
+  handshake->amqp = amqp_new_connection();
+  if (!handshake->amqp) {
+    error_set(&handshake->error, ERR_CONNECTION_FAILED, "out of memory");
+    return;
+  }
+  int opened = handshake->url.info.ssl ? open_tls(handshake, deadline)
+                                       : open_tcp(handshake, deadline);
+  if (opened != 0 || log_in(handshake, deadline) != 0) {
+    amqp_destroy_connection(handshake->amqp);
+    handshake->amqp = NULL;
+  }
 }
 
+static void open_channels(struct connection *connection);
+
 static void start_watching(struct connection *connection) {
-  uv_loop_t *loop = &connection->runtime->loop;
+  uv_loop_t *loop = connection->loop;
   uv_poll_init(loop, &connection->poll, amqp_get_sockfd(connection->amqp));
   uv_timer_init(loop, &connection->heartbeat_timer);
   uv_timer_init(loop, &connection->drain_timer);
-  connection->poll.data = connection;
-  connection->heartbeat_timer.data = connection;
-  connection->drain_timer.data = connection;
+  uv_timer_init(loop, &connection->notify_timer);
+  uv_timer_init(loop, &connection->close_timer);
+  connection->poll.data = connection->heartbeat_timer.data = connection->drain_timer.data =
+      connection->notify_timer.data = connection->close_timer.data = connection;
+  connection->handles_ready = 1;
   uv_poll_start(&connection->poll, UV_READABLE, on_readable);
   int heartbeat = amqp_get_heartbeat(connection->amqp);
   if (heartbeat > 0) {
@@ -406,93 +964,163 @@ static void start_watching(struct connection *connection) {
     uv_timer_start(&connection->drain_timer, on_timer, 0, 0);
 }
 
-struct connection *connection_open(struct runtime *runtime, const struct amqp_url *url,
-                                   const struct connection_options *options,
-                                   const struct connection_handler *handler,
-                                   struct ad_error *error) {
+/* Back on the loop: the connection is open, or every channel hears why not. */
+static void handshake_done(uv_work_t *work, int status) {
+  struct handshake *handshake = work->data;
+  struct connection *connection = handshake->connection;
+  connection->amqp = handshake->amqp;
+  if (status != 0 && connection->amqp) { /* cancelled (never happens: we do not cancel) */
+    amqp_destroy_connection(connection->amqp);
+    connection->amqp = NULL;
+  }
+  if (!connection->amqp && !handshake->error.code[0])
+    error_set(&handshake->error, ERR_CONNECTION_FAILED, "cannot connect to %s",
+              connection->endpoint);
+  struct ad_error error = handshake->error;
+  free(handshake);
+  if (connection->abandoned || !held_by_owners(connection)) {
+    connection_destroy(connection);
+    return;
+  }
+  if (!connection->amqp) {
+    connection->state = CONNECTION_DEAD;
+    connection->loss = error;
+    log_line(LOG_DEBUG, "%s: %s", error.code, error.message);
+    notify_channels(connection); /* no channel_* call is under way: tell them now */
+    return;
+  }
+  connection->state = CONNECTION_OPEN;
+  start_watching(connection);
+  log_line(LOG_DEBUG, "connected to %s (%s)", connection->endpoint, connection->url.redacted);
+  open_channels(connection);
+}
+
+static struct connection *connection_new(uv_loop_t *loop, const struct amqp_url *url,
+                                         const struct connection_options *options) {
   struct connection *connection = calloc(1, sizeof *connection);
-  if (!connection) {
-    error_set(error, ERR_CONNECTION_FAILED, "out of memory");
+  struct handshake *handshake = calloc(1, sizeof *handshake);
+  if (!connection || !handshake) {
+    free(connection);
+    free(handshake);
     return NULL;
   }
-  connection->runtime = runtime;
-  connection->handler = *handler;
+  connection->loop = loop;
+  connection->state = CONNECTION_CONNECTING;
+  url_copy(&connection->url, url);
   connection->options = *options;
-  byte_buffer_init(&connection->body);
   snprintf(connection->endpoint, sizeof connection->endpoint, "%s:%d", url->info.host,
            url->info.port);
-  connection->amqp = amqp_new_connection();
-  if (!connection->amqp) {
-    error_set(error, ERR_CONNECTION_FAILED, "out of memory");
+  handshake->connection = connection;
+  url_copy(&handshake->url, url);
+  handshake->options = *options;
+  memcpy(handshake->endpoint, connection->endpoint, sizeof handshake->endpoint);
+  handshake->work.data = handshake;
+  if (uv_queue_work(loop, &handshake->work, handshake_work, handshake_done) != 0) {
     free(connection);
+    free(handshake);
     return NULL;
   }
-  if (open_socket(connection, url, error) != 0 || log_in(connection, url, error) != 0 ||
-      open_channel(connection, error) != 0) {
-    amqp_destroy_connection(connection->amqp);
-    free(connection);
-    return NULL;
-  }
-  connection->alive = 1;
-  start_watching(connection);
+  connection->next = pool;
+  pool = connection;
   return connection;
 }
 
-/* ---- sending ---- */
+/* ---- channels ---- */
 
-static int send_status(struct connection *connection, int status, const char *doing,
-                       struct ad_error *error) {
-  if (status == AMQP_STATUS_OK) return 0;
-  char context[400];
-  snprintf(context, sizeof context, "%s: %s", connection->endpoint, doing);
-  error_from_status(error, ERR_CONNECTION_LOST, status, context);
-  connection_lost(connection, error);
-  return -1;
+static int free_number(struct connection *connection) {
+  for (int number = 1; number <= CHANNEL_LIMIT; number++)
+    if (!connection->by_number[number]) return number;
+  return 0;
 }
 
-static int require_alive(struct connection *connection, struct ad_error *error) {
-  if (connection->alive) return 0;
-  error_set(error, ERR_CONNECTION_LOST, "%s: the connection is closed", connection->endpoint);
-  return -1;
-}
-
-int connection_publish(struct connection *connection, const struct publish *publish,
-                       struct ad_error *error) {
-  if (require_alive(connection, error) != 0) return -1;
-  amqp_basic_properties_t properties;
-  properties._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
-  properties.content_type = amqp_cstring_bytes("application/json");
-  properties.correlation_id.bytes = (void *)publish->correlation_id->bytes;
-  properties.correlation_id.len = publish->correlation_id->length;
-  if (publish->reply_to) {
-    properties._flags |= AMQP_BASIC_REPLY_TO_FLAG;
-    properties.reply_to = amqp_cstring_bytes(publish->reply_to);
+static void send_channel_open(struct channel *channel) {
+  struct connection *connection = channel->connection;
+  int number = free_number(connection);
+  if (!number) {
+    struct ad_error error;
+    error_set(&error, ERR_BROKER_ERROR, "%s: no free channel (at most %d)", connection->endpoint,
+              CHANNEL_LIMIT);
+    channel->state = CHANNEL_DEAD;
+    channel_failed(channel, &error);
+    return;
   }
-  if (publish->expiration) {
-    properties._flags |= AMQP_BASIC_EXPIRATION_FLAG;
-    properties.expiration = amqp_cstring_bytes(publish->expiration);
-  }
-  if (publish->type) {
-    properties._flags |= AMQP_BASIC_TYPE_FLAG;
-    properties.type = amqp_cstring_bytes(publish->type);
-  }
-  amqp_bytes_t body = {publish->body_length, (void *)publish->body};
-  int status = amqp_basic_publish(connection->amqp, CHANNEL, amqp_empty_bytes,
-                                  amqp_cstring_bytes(publish->routing_key),
-                                  publish->mandatory, 0, &properties, body);
-  return send_status(connection, status, "publishing", error);
+  channel->number = number;
+  connection->by_number[number] = channel;
+  channel->state = CHANNEL_OPENING;
+  channel->awaited_method = AMQP_CHANNEL_OPEN_OK_METHOD;
+  channel->awaited_step = STEP_OPEN;
+  amqp_channel_open_t open = {amqp_empty_bytes};
+  struct ad_error error;
+  send_status(connection,
+              amqp_send_method(connection->amqp, (amqp_channel_t)number,
+                               AMQP_CHANNEL_OPEN_METHOD, &open),
+              "opening a channel", &error);
 }
 
-int connection_ack(struct connection *connection, uint64_t delivery_tag, struct ad_error *error) {
-  if (require_alive(connection, error) != 0) return -1;
-  return send_status(connection, amqp_basic_ack(connection->amqp, CHANNEL, delivery_tag, 0),
-                     "acknowledging", error);
+static void open_channels(struct connection *connection) {
+  for (struct channel *channel = connection->channels; channel; channel = channel->next)
+    if (channel->state == CHANNEL_WAITING && !channel->released &&
+        connection->state == CONNECTION_OPEN)
+      send_channel_open(channel);
 }
 
-int connection_reject(struct connection *connection, uint64_t delivery_tag, int requeue,
-                      struct ad_error *error) {
-  if (require_alive(connection, error) != 0) return -1;
-  return send_status(connection,
-                     amqp_basic_reject(connection->amqp, CHANNEL, delivery_tag, requeue),
-                     "rejecting", error);
+/* A channel opened on a live connection must still not call its owner
+ * inside channel_open: its open-ok arrives through the loop anyway. */
+struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
+                             const struct connection_options *options,
+                             const struct channel_handler *handler) {
+  struct connection *connection = find_shared(loop, url, options);
+  if (!connection) connection = connection_new(loop, url, options);
+  if (!connection) return NULL;
+  struct channel *channel = calloc(1, sizeof *channel);
+  if (!channel) {
+    if (!connection->channels && connection->state == CONNECTION_CONNECTING)
+      connection->abandoned = 1;
+    return NULL;
+  }
+  channel->connection = connection;
+  channel->handler = *handler;
+  channel->state = CHANNEL_WAITING;
+  channel->max_body = options->max_body;
+  byte_buffer_init(&channel->body);
+  channel->next = connection->channels;
+  connection->channels = channel;
+  if (connection->state == CONNECTION_OPEN) send_channel_open(channel);
+  return channel;
+}
+
+void channel_release(struct channel *channel) {
+  struct connection *connection = channel->connection;
+  channel->released = 1;
+  free_held(channel);
+  int polite = connection->state == CONNECTION_OPEN &&
+               (channel->state == CHANNEL_OPEN || channel->state == CHANNEL_OPENING);
+  if (!held_by_owners(connection)) {
+    switch (connection->state) {
+      case CONNECTION_CONNECTING: /* the thread finishes; handshake_done frees it */
+        connection->abandoned = 1;
+        return;
+      case CONNECTION_OPEN:
+        connection_close(connection);
+        return;
+      case CONNECTION_DEAD: /* unless the owners are still being told */
+        if (!connection->handles_ready ||
+            !uv_is_active((uv_handle_t *)&connection->notify_timer))
+          connection_destroy(connection);
+        return;
+      default: /* closing: close-ok or its timer frees it */
+        return;
+    }
+  }
+  if (!polite) {
+    channel_free(channel);
+    return;
+  }
+  channel->state = CHANNEL_CLOSING;
+  amqp_channel_close_t close = {AMQP_REPLY_SUCCESS, amqp_cstring_bytes("bye"), 0, 0};
+  struct ad_error error;
+  send_status(connection,
+              amqp_send_method(connection->amqp, (amqp_channel_t)channel->number,
+                               AMQP_CHANNEL_CLOSE_METHOD, &close),
+              "closing a channel", &error);
 }

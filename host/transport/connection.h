@@ -1,18 +1,20 @@
-/* One AMQP connection with one channel, driven by the runtime's loop: it
- * opens and logs in, reads frames when its socket is readable (and when
- * rabbitmq-c already holds buffered frames), assembles messages and hands
- * them to its owner, sends heartbeats, publishes, acks, and closes. */
+/* The AMQP transport: one connection per broker (URL, TLS and heartbeat
+ * settings) per loop, shared by channels, one channel per worker or
+ * delegator. Everything here is asynchronous: the handshake runs on a thread
+ * of libuv's pool, bounded by connect_timeout; channel requests (open,
+ * declare, qos, consume, cancel) are sent and their replies arrive later
+ * through the channel's handler. Handlers are called from the loop only
+ * (frames read, timers, the handshake's end), never from inside a channel_*
+ * call, and must not run Lua: owners queue their work (runtime_defer). */
 #ifndef AD_CONNECTION_H
 #define AD_CONNECTION_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include <amqp.h>
+#include <uv.h>
 
-#include "byte_buffer.h"
 #include "errors.h"
-#include "runtime.h"
 #include "url.h"
 
 #define SHORT_STRING_MAX 256 /* AMQP shortstr: at most 255 bytes */
@@ -23,6 +25,8 @@ struct short_string {
   char bytes[SHORT_STRING_MAX];
 };
 
+void short_string_set(struct short_string *target, const void *bytes, size_t length);
+
 struct message {
   uint64_t delivery_tag;
   int redelivered;
@@ -32,15 +36,6 @@ struct message {
   int body_too_large;
   int return_code; /* basic.return only */
   struct short_string return_text;
-};
-
-struct connection_handler {
-  void (*on_message)(void *context, const struct message *message);
-  void (*on_return)(void *context, const struct message *message);
-  /* The connection is dead (socket, heartbeat, or the broker closed it or
-   * the channel). Called once; the owner then calls connection_close. */
-  void (*on_lost)(void *context, const struct ad_error *error);
-  void *context;
 };
 
 #define TLS_PATH_MAX 1024
@@ -56,51 +51,96 @@ struct tls_options {
 };
 
 struct connection_options {
-  int heartbeat_seconds;   /* 0: none */
-  double connect_timeout;  /* seconds */
-  size_t max_body;         /* bytes; larger bodies arrive with body_too_large */
+  int heartbeat_seconds;  /* 0: none */
+  double connect_timeout; /* seconds: TCP, TLS and login together */
+  size_t max_body;        /* bytes; larger bodies arrive with body_too_large */
   struct tls_options tls;
+};
+
+/* The requests a channel makes, and the broker's answer to each. */
+enum channel_step {
+  STEP_OPEN,    /* the channel is open */
+  STEP_DECLARE, /* queue.declare-ok: queue, message_count, consumer_count */
+  STEP_QOS,
+  STEP_CONSUME, /* basic.consume-ok: consumer_tag */
+  STEP_CANCEL
+};
+
+struct channel_reply {
+  enum channel_step step;
+  struct short_string queue, consumer_tag;
+  uint32_t message_count, consumer_count;
+};
+
+struct channel_handler {
+  void (*on_reply)(void *owner, const struct channel_reply *reply);
+  void (*on_message)(void *owner, const struct message *message);
+  void (*on_return)(void *owner, const struct message *message);
+  /* The channel is gone: the broker closed it (a refusal), the connection
+   * failed or was lost, or the broker cancelled our consumer. Called once;
+   * the owner then calls channel_release. */
+  void (*on_closed)(void *owner, const struct ad_error *error);
+  /* The broker blocks (1) or unblocks (0) publishing (memory or disk alarm). */
+  void (*on_blocked)(void *owner, int blocked);
+  void *owner;
 };
 
 struct publish {
   const char *routing_key;
   const struct short_string *correlation_id;
-  const char *reply_to; /* NULL for none */
-  const char *type;     /* NULL for none */
+  const char *reply_to;   /* NULL for none */
+  const char *type;       /* NULL for none */
   const char *expiration; /* milliseconds as text, NULL for none */
   const char *body;
   size_t body_length;
   int mandatory;
 };
 
-struct connection;
+struct channel;
 
-/* Opens and logs in; returns NULL with error set (CONNECTION_FAILED or
- * AUTH_FAILED, naming host and port, never the password). */
-struct connection *connection_open(struct runtime *runtime, const struct amqp_url *url,
-                                   const struct connection_options *options,
-                                   const struct connection_handler *handler,
-                                   struct ad_error *error);
-/* Closes politely when still alive, then frees (now or once libuv has
- * released its handles). The handler is never called after this. */
-void connection_close(struct connection *connection);
+/* A channel on the shared connection for url and options, which is opened
+ * when there is none. Returns NULL only when out of memory; anything else
+ * (refused, timed out, bad credentials) arrives as on_closed. */
+struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
+                             const struct connection_options *options,
+                             const struct channel_handler *handler);
+/* The owner is done with it: no handler is called after this. An open
+ * channel is closed politely (the broker requeues what it delivered and was
+ * not acked); the last channel of a connection closes the connection. */
+void channel_release(struct channel *channel);
 
-int connection_is_open(const struct connection *connection);
-const char *connection_endpoint(const struct connection *connection);
+/* Requests; each answer arrives as on_reply. One at a time. */
+int channel_declare(struct channel *channel, const char *queue, int passive, int durable,
+                    int exclusive, int auto_delete, struct ad_error *error);
+int channel_qos(struct channel *channel, int prefetch, struct ad_error *error);
+int channel_consume(struct channel *channel, const struct short_string *queue, int no_ack,
+                    int exclusive, struct ad_error *error);
+int channel_cancel(struct channel *channel, const struct short_string *consumer_tag,
+                   struct ad_error *error);
 
-/* For the owner's synchronous RPCs (declare, qos, consume, cancel): the
- * rabbitmq-c state, and the check after each one, which also makes sure
- * frames rabbitmq-c queued meanwhile get read. */
-amqp_connection_state_t connection_amqp(struct connection *connection);
-int connection_check_rpc(struct connection *connection, const char *doing,
-                         struct ad_error *error);
+/* 0 sent; 1 held while the broker blocks publishing (sent, in order, once it
+ * unblocks); -1 with error set when the channel cannot send. */
+int channel_publish(struct channel *channel, const struct publish *publish,
+                    struct ad_error *error);
+int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error *error);
+int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
+                   struct ad_error *error);
 
-int connection_publish(struct connection *connection, const struct publish *publish,
-                       struct ad_error *error);
-int connection_ack(struct connection *connection, uint64_t delivery_tag, struct ad_error *error);
-int connection_reject(struct connection *connection, uint64_t delivery_tag, int requeue,
-                      struct ad_error *error);
+int channel_is_open(const struct channel *channel);
+int channel_is_blocked(const struct channel *channel);
+/* "host:port" of the broker */
+const char *channel_endpoint(const struct channel *channel);
 
-void short_string_set(struct short_string *target, const void *bytes, size_t length);
+/* Reads what the connections of this loop have received (used before a
+ * plain Lua call after the loop was idle, so a dead connection is noticed
+ * before a request is sent into it). */
+void transport_poll(uv_loop_t *loop);
+/* The loop is closing: every connection of it is closed now; those still in
+ * their handshake are freed when their thread ends (run the loop). */
+void transport_shutdown(uv_loop_t *loop);
+/* rabbitmq-c's version, for --version. */
+const char *transport_version(void);
+/* Counts the connections of this loop (for tests and stats). */
+int transport_connection_count(uv_loop_t *loop);
 
 #endif

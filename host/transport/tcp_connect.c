@@ -1,9 +1,10 @@
-/* Non-blocking connect with a deadline over every address of the host, then
- * back to blocking mode, which is what rabbitmq-c's socket layer expects. */
+/* Non-blocking connect with a deadline over every address of the host. The
+ * socket stays non-blocking: rabbitmq-c 0.11 applies its timeouts (login,
+ * heartbeats) only when recv/send can return EAGAIN. Runs on a thread of the
+ * handshake, never on the loop. */
 #include "tcp_connect.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -43,9 +44,7 @@ static int prepare(int fd) {
   int one = 1;
   /* Small request/reply messages must not wait for Nagle's algorithm. */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  int flags = fcntl(fd, F_GETFL);
-  return fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  return setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
 int tcp_connect(const char *host, int port, double timeout_seconds, char *why, size_t why_size) {

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-/* Returns a connected, blocking socket with TCP_NODELAY set, or -1 with
+/* Returns a connected, non-blocking socket with TCP_NODELAY set, or -1 with
  * `why` holding the reason ("connection refused", "timed out after 10 s"). */
 int tcp_connect(const char *host, int port, double timeout_seconds, char *why, size_t why_size);
 

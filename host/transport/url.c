@@ -101,3 +101,11 @@ int url_parse(struct amqp_url *url, const char *text, struct ad_error *error) {
   }
   return 0;
 }
+
+void url_copy(struct amqp_url *to, const struct amqp_url *from) {
+  *to = *from;
+  char **parts[] = {&to->info.user, &to->info.password, &to->info.host, &to->info.vhost};
+  for (int i = 0; i < 4; i++)
+    if (*parts[i] >= from->text && *parts[i] < from->text + sizeof from->text)
+      *parts[i] = to->text + (*parts[i] - from->text);
+}

@@ -29,6 +29,9 @@ const char *url_default(void);
 /* Returns 0, or -1 with error BAD_URL (the message never holds the password). */
 int url_parse(struct amqp_url *url, const char *text, struct ad_error *error);
 
+/* A copy whose parts point into the copy's own text. */
+void url_copy(struct amqp_url *to, const struct amqp_url *from);
+
 /* Copies text to out, the password of every scheme://user:password@host in
  * it replaced by ***. */
 void url_redact_text(const char *text, char *out, size_t size);

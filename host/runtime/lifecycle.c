@@ -1,0 +1,376 @@
+/* The lifecycle of workers and delegators (lifecycle.h). Transport callbacks
+ * only change C state here and queue the hooks job; Lua runs from that job
+ * (hooks) or from the waits of start() and stop(). */
+#include "lifecycle.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "error_object.h"
+#include "hooks.h"
+#include "log.h"
+
+#define FIRST_DELAY 0.1
+
+static void run_hooks(struct job *job);
+static void on_reply(void *owner, const struct channel_reply *reply);
+static void on_message(void *owner, const struct message *message);
+static void on_return(void *owner, const struct message *message);
+static void on_closed(void *owner, const struct ad_error *error);
+static void stop_service(struct service *service);
+
+void lifecycle_init(struct lifecycle *lifecycle, struct runtime *runtime,
+                    const struct lifecycle_ops *ops, void *owner, int is_service) {
+  memset(lifecycle, 0, sizeof *lifecycle);
+  lifecycle->runtime = runtime;
+  lifecycle->ops = ops;
+  lifecycle->owner = owner;
+  lifecycle->self_ref = LUA_NOREF;
+  lifecycle->is_service = is_service;
+  lifecycle->delay = FIRST_DELAY;
+  lifecycle->service.stop = stop_service;
+  job_init(&lifecycle->hooks_job, run_hooks);
+}
+
+const char *lifecycle_state_name(const struct lifecycle *lifecycle, const char *ready) {
+  static const char *const names[] = {"stopped", "starting", "ready", "reconnecting",
+                                      "stopping"};
+  return lifecycle->state == LIFECYCLE_READY ? ready : names[lifecycle->state];
+}
+
+/* ---- hooks, from the job queue ---- */
+
+static void queue_hooks(struct lifecycle *lifecycle, const struct ad_error *error, int close) {
+  if (error) {
+    lifecycle->hook_error = *error;
+    lifecycle->error_hook_due = 1;
+  }
+  if (close) lifecycle->close_hook_due = 1;
+  runtime_defer(lifecycle->runtime, &lifecycle->hooks_job);
+}
+
+static void run_hooks(struct job *job) {
+  struct lifecycle *lifecycle =
+      (struct lifecycle *)((char *)job - offsetof(struct lifecycle, hooks_job));
+  int self_ref = lifecycle->self_ref;
+  if (lifecycle->error_hook_due) {
+    lifecycle->error_hook_due = 0;
+    struct ad_error error = lifecycle->hook_error;
+    hook_run(lifecycle->runtime, self_ref, lifecycle->on_error_slot, "on_error", &error);
+  }
+  if (lifecycle->close_hook_due) {
+    lifecycle->close_hook_due = 0;
+    hook_run(lifecycle->runtime, self_ref, lifecycle->on_close_slot, "on_close", NULL);
+  }
+  /* a hook may have started it again: then it stays anchored */
+  if (lifecycle->unref_due && lifecycle->state == LIFECYCLE_STOPPED &&
+      lifecycle->self_ref == self_ref && !lifecycle->hooks_job.queued &&
+      lifecycle->ops->drained(lifecycle->owner)) {
+    lifecycle->unref_due = 0;
+    lifecycle->self_ref = LUA_NOREF;
+    luaL_unref(lifecycle->runtime->L, LUA_REGISTRYINDEX, self_ref);
+  }
+}
+
+/* ---- the channel ---- */
+
+static void drop_channel(struct lifecycle *lifecycle) {
+  if (lifecycle->channel) channel_release(lifecycle->channel);
+  lifecycle->channel = NULL;
+  if (lifecycle->timer) uv_timer_stop(lifecycle->timer);
+}
+
+static void on_setup_deadline(uv_timer_t *timer);
+
+static int open_channel(struct lifecycle *lifecycle, struct ad_error *error) {
+  static const struct channel_handler template = {on_reply, on_message, on_return, on_closed,
+                                                  NULL, NULL};
+  struct channel_handler handler = template;
+  handler.owner = lifecycle;
+  lifecycle->state = LIFECYCLE_STARTING;
+  lifecycle->channel = channel_open(&lifecycle->runtime->loop, &lifecycle->url,
+                                    &lifecycle->options, &handler);
+  if (!lifecycle->channel) {
+    error_set(error, ERR_CONNECTION_FAILED, "%s: out of memory", lifecycle->label);
+    return -1;
+  }
+  uv_timer_start(lifecycle->timer, on_setup_deadline,
+                 runtime_milliseconds(lifecycle->options.connect_timeout), 0);
+  return 0;
+}
+
+/* ---- stopped ---- */
+
+static void become_stopped(struct lifecycle *lifecycle, int failed) {
+  drop_channel(lifecycle);
+  lifecycle->state = LIFECYCLE_STOPPED;
+  lifecycle->stopped = 1;
+  lifecycle->failed = failed;
+  if (lifecycle->is_service) {
+    if (failed) lifecycle->runtime->service_failures++;
+    runtime_remove_service(lifecycle->runtime, &lifecycle->service);
+  }
+  lifecycle->unref_due = 1;
+  runtime_wake(lifecycle->runtime);
+  runtime_defer(lifecycle->runtime, &lifecycle->hooks_job);
+}
+
+static void end_start(struct lifecycle *lifecycle, const struct ad_error *error) {
+  lifecycle->first_start = 0;
+  lifecycle->start_done = 1;
+  lifecycle->start_failed = error != NULL;
+  if (error) lifecycle->start_error = *error;
+  if (lifecycle->start_waiter) {
+    struct fiber *fiber = lifecycle->start_waiter;
+    lifecycle->start_waiter = NULL;
+    fiber_wake(fiber);
+  }
+  runtime_wake(lifecycle->runtime);
+}
+
+/* ---- backoff ---- */
+
+static void on_backoff(uv_timer_t *timer) {
+  struct lifecycle *lifecycle = timer->data;
+  if (lifecycle->state != LIFECYCLE_BACKOFF) return;
+  lifecycle->attempts++;
+  struct ad_error error;
+  if (open_channel(lifecycle, &error) != 0) {
+    lifecycle->state = LIFECYCLE_BACKOFF;
+    uv_timer_start(lifecycle->timer, on_backoff, runtime_milliseconds(lifecycle->delay), 0);
+  }
+}
+
+static void schedule_backoff(struct lifecycle *lifecycle) {
+  lifecycle->state = LIFECYCLE_BACKOFF;
+  uv_timer_start(lifecycle->timer, on_backoff, runtime_milliseconds(lifecycle->delay), 0);
+  lifecycle->delay *= 2;
+  if (lifecycle->delay > lifecycle->reconnect_max) lifecycle->delay = lifecycle->reconnect_max;
+}
+
+/* Logged once per distinct error: a broker that refuses for minutes gives
+ * one line, not one per attempt. */
+static void log_attempt_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
+  if (strcmp(lifecycle->last_logged.code, error->code) == 0 &&
+      strcmp(lifecycle->last_logged.message, error->message) == 0) {
+    log_line(LOG_DEBUG, "%s: reconnecting (attempt %u): %s: %s", lifecycle->label,
+             lifecycle->attempts, error->code, error->message);
+    return;
+  }
+  lifecycle->last_logged = *error;
+  log_line(LOG_WARN, "%s: reconnecting (attempt %u, retrying every %g s at most): %s: %s",
+           lifecycle->label, lifecycle->attempts, lifecycle->reconnect_max, error->code,
+           error->message);
+}
+
+/* ---- events ---- */
+
+static void setup_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
+  drop_channel(lifecycle);
+  if (lifecycle->first_start) {
+    become_stopped(lifecycle, 0);
+    end_start(lifecycle, error);
+    return;
+  }
+  log_attempt_failed(lifecycle, error);
+  schedule_backoff(lifecycle);
+}
+
+static void become_ready(struct lifecycle *lifecycle) {
+  uv_timer_stop(lifecycle->timer);
+  lifecycle->state = LIFECYCLE_READY;
+  lifecycle->was_open = 1;
+  lifecycle->delay = FIRST_DELAY;
+  if (lifecycle->first_start) {
+    end_start(lifecycle, NULL);
+  } else {
+    log_line(LOG_INFO, "%s: reconnected to %s after %u attempt(s)", lifecycle->label,
+             channel_endpoint(lifecycle->channel), lifecycle->attempts);
+  }
+  lifecycle->attempts = 0;
+  lifecycle->last_logged.code[0] = '\0';
+  lifecycle->ops->ready(lifecycle->owner);
+}
+
+static void on_setup_deadline(uv_timer_t *timer) {
+  struct lifecycle *lifecycle = timer->data;
+  if (lifecycle->state != LIFECYCLE_STARTING) return;
+  struct ad_error error;
+  error_set(&error, ERR_CONNECTION_FAILED,
+            "%s: not ready within connect_timeout (%g s) at %s (%s)", lifecycle->label,
+            lifecycle->options.connect_timeout,
+            lifecycle->channel ? channel_endpoint(lifecycle->channel) : "?",
+            lifecycle->url.redacted);
+  setup_failed(lifecycle, &error);
+}
+
+static void on_reply(void *owner, const struct channel_reply *reply) {
+  struct lifecycle *lifecycle = owner;
+  if (lifecycle->state != LIFECYCLE_STARTING) return;
+  struct ad_error error;
+  int outcome = lifecycle->ops->setup(lifecycle->owner, lifecycle->channel, reply, &error);
+  if (outcome < 0) setup_failed(lifecycle, &error);
+  else if (outcome > 0) become_ready(lifecycle);
+}
+
+static void on_message(void *owner, const struct message *message) {
+  struct lifecycle *lifecycle = owner;
+  lifecycle->ops->message(lifecycle->owner, message);
+}
+
+static void on_return(void *owner, const struct message *message) {
+  struct lifecycle *lifecycle = owner;
+  if (lifecycle->ops->returned) lifecycle->ops->returned(lifecycle->owner, message);
+}
+
+static void on_closed(void *owner, const struct ad_error *error) {
+  struct lifecycle *lifecycle = owner;
+  struct ad_error labelled = *error;
+  switch (lifecycle->state) {
+    case LIFECYCLE_STARTING:
+      setup_failed(lifecycle, &labelled);
+      return;
+    case LIFECYCLE_READY:
+      log_line(LOG_ERROR, "%s: %s: %s", lifecycle->label, labelled.code, labelled.message);
+      drop_channel(lifecycle);
+      lifecycle->ops->lost(lifecycle->owner, &labelled);
+      if (lifecycle->reconnect_max > 0) {
+        queue_hooks(lifecycle, &labelled, 1);
+        schedule_backoff(lifecycle);
+      } else {
+        queue_hooks(lifecycle, &labelled, 1);
+        lifecycle->was_open = 0; /* on_close is due already */
+        become_stopped(lifecycle, 1);
+      }
+      return;
+    case LIFECYCLE_STOPPING:
+      drop_channel(lifecycle);
+      lifecycle->ops->lost(lifecycle->owner, &labelled);
+      lifecycle_check_drained(lifecycle);
+      return;
+    default:
+      return;
+  }
+}
+
+/* ---- start ---- */
+
+static int start_continue(lua_State *L, int status, lua_KContext k) {
+  (void)status;
+  struct lifecycle *lifecycle = (struct lifecycle *)k;
+  if (lifecycle->start_failed) return error_object_raise(L, &lifecycle->start_error);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static void cancel_start_wait(struct fiber *fiber, void *data) {
+  struct lifecycle *lifecycle = data;
+  if (lifecycle->start_waiter == fiber) lifecycle->start_waiter = NULL;
+}
+
+int lifecycle_start(struct lifecycle *lifecycle, lua_State *L, int self) {
+  if (lifecycle->state != LIFECYCLE_STOPPED)
+    error_object_raisef(L, ERR_ALREADY_STARTED, "%s is already started", lifecycle->label);
+  struct fiber *fiber = runtime_wait_place(L, lifecycle->runtime, "start");
+  if (!lifecycle->timer) {
+    lifecycle->timer = runtime_timer_new(lifecycle->runtime, lifecycle);
+    if (!lifecycle->timer) return luaL_error(L, "out of memory");
+  }
+  if (lifecycle->self_ref == LUA_NOREF) {
+    lua_pushvalue(L, self);
+    lifecycle->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lifecycle->unref_due = 0;
+  lifecycle->first_start = 1;
+  lifecycle->start_done = lifecycle->start_failed = 0;
+  lifecycle->stopped = lifecycle->failed = 0;
+  lifecycle->was_open = 0;
+  lifecycle->attempts = 0;
+  lifecycle->delay = FIRST_DELAY;
+  lifecycle->last_logged.code[0] = '\0';
+  if (lifecycle->is_service) runtime_add_service(lifecycle->runtime, &lifecycle->service);
+  struct ad_error error;
+  if (open_channel(lifecycle, &error) != 0) {
+    become_stopped(lifecycle, 0);
+    return error_object_raise(L, &error);
+  }
+  lua_settop(L, self);
+  if (fiber) {
+    lifecycle->start_waiter = fiber;
+    return fiber_wait(L, fiber, cancel_start_wait, lifecycle, (lua_KContext)lifecycle,
+                      start_continue);
+  }
+  int result = runtime_wait(lifecycle->runtime, &lifecycle->start_done);
+  if (result != WAIT_DONE) {
+    if (lifecycle->state != LIFECYCLE_STOPPED) become_stopped(lifecycle, 0);
+    lifecycle->first_start = 0;
+    return runtime_wait_error(L, result, lifecycle->label);
+  }
+  return start_continue(L, LUA_OK, (lua_KContext)lifecycle);
+}
+
+/* ---- stop ---- */
+
+void lifecycle_check_drained(struct lifecycle *lifecycle) {
+  /* stopped with work still in hand: the anchor goes once it is done */
+  if (lifecycle->state == LIFECYCLE_STOPPED && lifecycle->unref_due &&
+      lifecycle->ops->drained(lifecycle->owner))
+    runtime_defer(lifecycle->runtime, &lifecycle->hooks_job);
+  if (lifecycle->state != LIFECYCLE_STOPPING || !lifecycle->ops->drained(lifecycle->owner))
+    return;
+  int was_open = lifecycle->was_open;
+  become_stopped(lifecycle, 0);
+  if (was_open) queue_hooks(lifecycle, NULL, 1);
+  if (lifecycle->ops->stopped) lifecycle->ops->stopped(lifecycle->owner);
+}
+
+static void begin_stop(struct lifecycle *lifecycle) {
+  if (lifecycle->state == LIFECYCLE_STARTING && lifecycle->first_start) {
+    struct ad_error error;
+    error_set(&error, ERR_STOPPED, "%s was stopped while starting", lifecycle->label);
+    become_stopped(lifecycle, 0);
+    end_start(lifecycle, &error);
+    return;
+  }
+  if (lifecycle->state == LIFECYCLE_STARTING || lifecycle->state == LIFECYCLE_BACKOFF) {
+    drop_channel(lifecycle); /* a reconnect under way is given up */
+    lifecycle->was_open = 0; /* its on_close came with the loss */
+  } else if (lifecycle->state != LIFECYCLE_READY) {
+    return;
+  }
+  lifecycle->state = LIFECYCLE_STOPPING;
+  lifecycle->ops->begin_stop(lifecycle->owner);
+  lifecycle_check_drained(lifecycle);
+}
+
+static void stop_service(struct service *service) {
+  struct lifecycle *lifecycle =
+      (struct lifecycle *)((char *)service - offsetof(struct lifecycle, service));
+  begin_stop(lifecycle);
+}
+
+void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L) {
+  if (lifecycle->state == LIFECYCLE_STOPPED)
+    error_object_raisef(L, ERR_NOT_STARTED, "%s is not started", lifecycle->label);
+  lifecycle->service.stop = stop_service;
+  begin_stop(lifecycle);
+  /* A task or hook does not wait: its own stop may be waiting for it. */
+  if (fiber_current(L) || lifecycle->runtime->running) return;
+  runtime_run_until(lifecycle->runtime, &lifecycle->stopped);
+  /* and its on_close hook has run when stop() returns */
+  struct runtime *runtime = lifecycle->runtime;
+  runtime->running = 1;
+  while (lifecycle->hooks_job.queued) uv_run(&runtime->loop, UV_RUN_ONCE);
+  runtime->running = 0;
+}
+
+void lifecycle_release(struct lifecycle *lifecycle) {
+  if (lifecycle->channel) channel_release(lifecycle->channel);
+  lifecycle->channel = NULL;
+  if (lifecycle->is_service) runtime_remove_service(lifecycle->runtime, &lifecycle->service);
+  runtime_cancel_job(lifecycle->runtime, &lifecycle->hooks_job);
+  runtime_timer_free(lifecycle->timer);
+  lifecycle->timer = NULL;
+}
