@@ -100,6 +100,7 @@ chmod 755 "$WORK"
 OWN_BROKER=""          # the folder of the node we started (stopped on exit)
 BROKER_DIR=""
 PHASE=setup            # setup, run, quiet, drain, stop, report
+CLOSE_PID=""           # a rabbitmqctl close_all_connections running in the background
 VERDICT_OK=0
 declare -a WPID=() WGEN=() WNAME=() WREADY=() WSTART=()
 declare -a DPID=() DGEN=() DNAME=()
@@ -139,6 +140,8 @@ cleanup() {
     for pid in "${DPID[@]}" "${WPID[@]}"; do stop_pid "$pid" 5; done
     case $PHASE in run | quiet | drain) progress ;; esac   # the counts so far
     if [ -n "$OWN_BROKER" ]; then
+        # interrupted while it started: its env is still aside, and stop needs it
+        [ -f "$OWN_BROKER/env" ] || mv -f "$OWN_BROKER/env.tmp" "$OWN_BROKER/env" 2>/dev/null
         bash "$ROOT/scripts/rabbitmq.sh" stop "$OWN_BROKER" >/dev/null 2>&1 \
             || log "could not stop the broker in $OWN_BROKER"
     fi
@@ -239,6 +242,18 @@ sum_key() { # key -> sum over every driver instance's last status line
     all_status | awk -F= -v k="$1" '$1 == k {s += $2} END {print s + 0}'
 }
 
+judge_worker_exit() { # slot pid status how: a failed start, or a crash
+    local slot=$1 pid=$2 st=$3 name=${WNAME[$1]}
+    if [ "${WREADY[$slot]}" = 0 ] && [ "$st" -ge 1 ] && [ "$st" -le 127 ] && ! worker_ready "$slot"; then
+        START_FAILS=$((START_FAILS + 1))
+        START_FAIL[$name]="exited with $(sig_name "$st") before ready: $(tail -n 1 "$WORK/$name.log" 2>/dev/null)"
+        log "worker host $name failed to start ($(sig_name "$st"))"
+    else
+        record_crash "$name" "worker host (pid $pid) exited with $(sig_name "$st") $4"
+    fi
+    return 0
+}
+
 # A host that died by itself: a crash (or a failed start, when it exited with an error
 # before "ready": the broker closed its connection while it started). Restarted while the
 # faults go on.
@@ -247,6 +262,7 @@ check_workers() {
     for ((slot = 0; slot < WORKERS; slot++)); do
         pid=${WPID[$slot]}
         name=${WNAME[$slot]}
+        [ -n "$pid" ] || continue
         if [ "${WREADY[$slot]}" = 0 ] && worker_ready "$slot"; then
             WREADY[$slot]=1
             now_ms
@@ -255,13 +271,7 @@ check_workers() {
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
             st=0; wait "$pid" 2>/dev/null || st=$?
-            if [ "${WREADY[$slot]}" = 0 ] && [ "$st" -ge 1 ] && [ "$st" -le 127 ] && ! worker_ready "$slot"; then
-                START_FAILS=$((START_FAILS + 1))
-                START_FAIL[$name]="exited with $(sig_name "$st") before ready: $(tail -n 1 "$WORK/$name.log" 2>/dev/null)"
-                log "worker host $name failed to start ($(sig_name "$st")); starting another"
-            else
-                record_crash "$name" "worker host (pid $pid) exited with $(sig_name "$st") by itself"
-            fi
+            judge_worker_exit "$slot" "$pid" "$st" "by itself"
             if [ "$PHASE" = run ] || [ "$PHASE" = quiet ] || [ "$PHASE" = setup ]; then start_worker "$slot"; else WPID[$slot]=""; fi
         elif [ "${WREADY[$slot]}" = 0 ] && [ $(( NOW - WSTART[slot] )) -gt 30000 ] && [ "${WLATE[$slot]:-}" != "$name" ]; then
             READY_LATE=$((READY_LATE + 1)); WLATE[$slot]=$name
@@ -281,7 +291,7 @@ check_drivers() {
             name=${DNAME[$i]}
             st=0; wait "$pid" 2>/dev/null || st=$?
             DPID[$i]=""
-            record_crash "$name" "driver (pid $pid) exited with $(sig_name "$st") before it was asked to stop: $(tail -n 1 "$WORK/$name.log" 2>/dev/null)"
+            record_crash "$name" "driver (pid $pid) exited with $(sig_name "$st") before it was asked to stop"
             if [ "$PHASE" = run ] || [ "$PHASE" = quiet ]; then start_driver "$i"; fi
         fi
     done
@@ -295,9 +305,8 @@ kill_worker() {
     kill -0 "$pid" 2>/dev/null || return 0        # died meanwhile: check_workers sees it
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || st=$?
-    if [ "$st" != 137 ]; then   # it was gone before our signal
-        record_crash "${WNAME[$slot]}" "worker host (pid $pid) exited with $(sig_name "$st") just before our SIGKILL"
-    fi
+    # not 137: it was gone before our signal
+    [ "$st" = 137 ] || judge_worker_exit "$slot" "$pid" "$st" "just before our SIGKILL"
     KILLS=$((KILLS + 1))
     start_worker "$slot"
 }
@@ -305,7 +314,6 @@ kill_worker() {
 # rabbitmqctl takes about a second: it runs in the background (its own process group, so
 # that cleanup can end it), and the next close is due CLOSE_MIN..CLOSE_MAX s after this one
 # started (or once it finished, when it takes longer).
-CLOSE_PID=""
 close_connections() {
     setsid bash "$ROOT/scripts/rabbitmq.sh" ctl "$BROKER_DIR" -q close_all_connections "soak" \
         >> "$WORK/faults.log" 2>&1 < /dev/null &
@@ -452,7 +460,7 @@ for ((i = 1; i <= DRIVERS; i++)); do
     else
         st=0; wait "$pid" 2>/dev/null || st=$?
         if [ "$st" != 0 ]; then
-            record_crash "$name" "driver (pid $pid) exited with $(sig_name "$st") while draining: $(tail -n 1 "$WORK/$name.log" 2>/dev/null)"
+            record_crash "$name" "driver (pid $pid) exited with $(sig_name "$st") while draining"
         elif [ "$(status_of "$WORK/$name.status" final)" != 1 ]; then
             record_crash "$name" "driver (pid $pid) exited 0 without its final line"
         fi
@@ -480,14 +488,7 @@ for ((slot = 0; slot < WORKERS; slot++)); do
         wait "$pid" 2>/dev/null || true
     else
         st=0; wait "$pid" 2>/dev/null || st=$?
-        if [ "$st" != 0 ]; then
-            if [ "${WREADY[$slot]}" = 0 ] && [ "$st" -le 127 ] && ! worker_ready "$slot"; then
-                START_FAILS=$((START_FAILS + 1))
-                START_FAIL[$name]="exited with $(sig_name "$st") before ready"
-            else
-                record_crash "$name" "worker host (pid $pid) exited with $(sig_name "$st") on SIGTERM"
-            fi
-        fi
+        [ "$st" = 0 ] || judge_worker_exit "$slot" "$pid" "$st" "on SIGTERM"
     fi
     WPID[$slot]=""
 done
@@ -565,7 +566,7 @@ report() {
         echo "| RSS driver d$i: first / last / max | $(rss_row "\$3 == \"d$i\"") |"
     done
     echo
-    [ -n "$partial" ] && echo "Counts of${partial} are their last periodic line (no final line)."
+    [ -n "$partial" ] && echo "No final line from${partial}: their counts are those of their last periodic line."
     if [ "$NCRASH" -gt 0 ]; then
         echo "Crashes:"
         local n

@@ -194,7 +194,7 @@ lua_State *new_state(void) {
 /* The exit status that goes with an error code. */
 int exit_status_for(const char *code) {
   static const char *const usage[] = {ERR_BAD_URL, ERR_BAD_ARGUMENT, NULL};
-  static const char *const connection[] = {ERR_CONNECTION_FAILED, ERR_AUTH_FAILED,
+  static const char *const connection[] = {ERR_CONNECTION_FAILED, ERR_AUTH_FAILED, ERR_NOT_ALLOWED,
                                            ERR_CONNECTION_LOST, ERR_BROKER_ERROR, ERR_STOPPED,
                                            NULL};
   for (int i = 0; usage[i]; i++)

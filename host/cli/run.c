@@ -31,8 +31,9 @@ static const char run_usage[] =
     LOG_HELP
     "  --help, --version\n"
     "\n"
-    "exit status: 0 stopped by a signal, 1 a file failed to load or a worker to start,\n"
-    "2 usage (see amqp-delegate --help).\n";
+    "exit status: 0 stopped by a signal, 1 a file failed to load or a worker to start, or\n"
+    "every worker stopped because it could not go on, 2 usage, 128 + signal after a second\n"
+    "signal (see amqp-delegate --help).\n";
 
 void run_help(void) {
   print_usage(run_usage, RUN_LOG_LEVEL);

@@ -4,14 +4,27 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 
 static enum log_level current_level = LOG_INFO;
+static int level_from_environment_read;
 static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR", "OFF"};
 
-void log_set_level(enum log_level level) { current_level = level; }
+void log_set_level(enum log_level level) {
+  level_from_environment_read = 1; /* what the program says wins */
+  current_level = level;
+}
+
+/* AMQP_DELEGATE_LOG_LEVEL sets the first level, for code that sets none. */
+static void read_environment(void) {
+  level_from_environment_read = 1;
+  const char *name = getenv("AMQP_DELEGATE_LOG_LEVEL");
+  int level = name ? log_level_from_name(name) : -1;
+  if (level >= 0) current_level = (enum log_level)level;
+}
 
 int log_level_from_name(const char *name) {
   static const char *const lower[] = {"debug", "info", "warn", "error", "off"};
@@ -21,6 +34,7 @@ int log_level_from_name(const char *name) {
 }
 
 void log_line(enum log_level level, const char *format, ...) {
+  if (!level_from_environment_read) read_environment();
   if (level < current_level || level >= LOG_OFF) return;
   struct timeval now;
   gettimeofday(&now, NULL);

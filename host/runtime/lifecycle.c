@@ -96,6 +96,9 @@ static int open_channel(struct lifecycle *lifecycle, struct ad_error *error) {
     error_set(error, ERR_CONNECTION_FAILED, "%s: out of memory", lifecycle->label);
     return -1;
   }
+  /* from plain Lua the loop's clock may be seconds old: the deadline would
+   * pass before the first turn */
+  uv_update_time(&lifecycle->runtime->loop);
   uv_timer_start(lifecycle->timer, on_setup_deadline,
                  runtime_milliseconds(lifecycle->options.connect_timeout), 0);
   return 0;
@@ -199,10 +202,11 @@ static void on_setup_deadline(uv_timer_t *timer) {
   if (lifecycle->state != LIFECYCLE_STARTING) return;
   struct ad_error error;
   error_set(&error, ERR_CONNECTION_FAILED,
-            "%s: not ready within connect_timeout (%g s) at %s (%s)", lifecycle->label,
-            lifecycle->options.connect_timeout,
+            "%s: not ready within connect_timeout (%g s) at %s (%s): no end to %s",
+            lifecycle->label, lifecycle->options.connect_timeout,
             lifecycle->channel ? channel_endpoint(lifecycle->channel) : "?",
-            lifecycle->url.redacted);
+            lifecycle->url.redacted,
+            lifecycle->channel ? channel_waiting_for(lifecycle->channel) : "?");
   setup_failed(lifecycle, &error);
 }
 

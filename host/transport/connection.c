@@ -79,6 +79,8 @@ struct handshake {
   char endpoint[300];
   amqp_connection_state_t amqp; /* the result, NULL when it failed */
   struct ad_error error;
+  double queued, waited; /* when it was queued, how long it waited for a thread */
+  volatile int stage;    /* how far the thread got (for a timeout's message only) */
 };
 
 struct connection {
@@ -100,6 +102,7 @@ struct connection {
   int blocked;
   int abandoned; /* released during its handshake: freed when the thread ends */
   struct ad_error loss;
+  struct handshake *handshake; /* while on its thread */
   struct connection *next; /* in the pool */
 };
 
@@ -316,6 +319,7 @@ static void connection_close(struct connection *connection) {
     connection_destroy(connection);
     return;
   }
+  uv_update_time(connection->loop); /* a plain stop() may come after a long idle */
   uv_timer_start(&connection->close_timer, close_timed_out, CLOSE_GRACE_MS, 0);
 }
 
@@ -524,6 +528,21 @@ int channel_is_open(const struct channel *channel) {
 }
 
 int channel_is_blocked(const struct channel *channel) { return channel->connection->blocked; }
+
+const char *channel_waiting_for(const struct channel *channel) {
+  static const char *const steps[] = {
+      "the broker's answer to opening a channel", "the broker's answer to declaring a queue",
+      "the broker's answer to setting prefetch", "the broker's answer to consuming",
+      "the broker's answer to cancelling the consumer"};
+  static const char *const stages[] = {"a free thread for the TCP connect, TLS and login",
+                                       "the TCP connect or TLS", "the login"};
+  const struct handshake *handshake = channel->connection->handshake;
+  if (channel->connection->state == CONNECTION_CONNECTING)
+    return handshake ? stages[handshake->stage] : "the handshake";
+  if (channel->connection->state != CONNECTION_OPEN) return "a connection";
+  if (channel->awaited_method) return steps[channel->awaited_step];
+  return "nothing";
+}
 
 const char *channel_endpoint(const struct channel *channel) {
   return channel->connection->endpoint;
@@ -928,7 +947,10 @@ static int log_in(struct handshake *handshake, double deadline) {
 
 static void handshake_work(uv_work_t *work) {
   struct handshake *handshake = work->data;
-  double deadline = seconds_now() + handshake->options.connect_timeout;
+  double started = seconds_now();
+  double deadline = started + handshake->options.connect_timeout;
+  handshake->waited = started - handshake->queued;
+  handshake->stage = 1;
   handshake->amqp = amqp_new_connection();
   if (!handshake->amqp) {
     error_set(&handshake->error, ERR_CONNECTION_FAILED, "out of memory");
@@ -936,6 +958,7 @@ static void handshake_work(uv_work_t *work) {
   }
   int opened = handshake->url.info.ssl ? open_tls(handshake, deadline)
                                        : open_tcp(handshake, deadline);
+  handshake->stage = 2;
   if (opened != 0 || log_in(handshake, deadline) != 0) {
     amqp_destroy_connection(handshake->amqp);
     handshake->amqp = NULL;
@@ -977,6 +1000,10 @@ static void handshake_done(uv_work_t *work, int status) {
     error_set(&handshake->error, ERR_CONNECTION_FAILED, "cannot connect to %s",
               connection->endpoint);
   struct ad_error error = handshake->error;
+  connection->handshake = NULL;
+  log_line(LOG_DEBUG, "handshake with %s: %s after %.3f s (%.3f s waiting for a thread)",
+           connection->endpoint, connection->amqp ? "done" : error.code,
+           seconds_now() - handshake->queued, handshake->waited);
   free(handshake);
   if (connection->abandoned || !held_by_owners(connection)) {
     connection_destroy(connection);
@@ -1015,6 +1042,8 @@ static struct connection *connection_new(uv_loop_t *loop, const struct amqp_url 
   handshake->options = *options;
   memcpy(handshake->endpoint, connection->endpoint, sizeof handshake->endpoint);
   handshake->work.data = handshake;
+  handshake->queued = seconds_now();
+  connection->handshake = handshake;
   if (uv_queue_work(loop, &handshake->work, handshake_work, handshake_done) != 0) {
     free(connection);
     free(handshake);

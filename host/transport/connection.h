@@ -128,6 +128,9 @@ int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
 
 int channel_is_open(const struct channel *channel);
 int channel_is_blocked(const struct channel *channel);
+/* What the channel waits for, for a timeout's message: "the TCP connect,
+ * TLS and login", "the broker's answer to declaring a queue"... */
+const char *channel_waiting_for(const struct channel *channel);
 /* "host:port" of the broker */
 const char *channel_endpoint(const struct channel *channel);
 
