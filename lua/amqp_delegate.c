@@ -336,8 +336,8 @@ static int call_arguments(lua_State *L, struct call_options *options, const char
   }
   size_t length = 0;
   *name = lua_type(L, at) == LUA_TSTRING ? lua_tolstring(L, at, &length) : NULL;
-  if (!*name || length == 0 || length >= SHORT_STRING_MAX)
-    bad_argument(L, "%s", "expected a worker name (a non-empty string), after an optional table of options");
+  if (!*name || length == 0 || length >= SHORT_STRING_MAX || strlen(*name) != length)
+    bad_argument(L, "%s", "expected a worker name (a non-empty string of at most 255 bytes, without NUL bytes), after an optional table of options");
   return at + 1;
 }
 
@@ -518,22 +518,38 @@ static void print_markers_readably(lua_State *L) {
 /* The pure-Lua part of the module: small helpers built on the C methods.
  * pcall yields in Lua 5.4, so these work inside tasks as well. */
 static const char lua_helpers[] =
-    "local delegate = ...\n"
+    "local delegate, error_mt, wait = ...\n"
     "function delegate.wait_all(calls)\n"
     "  local results, first_error = { n = #calls }, nil\n"
+    "  if type(calls) ~= 'table' then\n"
+    "    error(setmetatable({ code = 'BAD_ARGUMENT', message = 'wait_all expects a list of calls' },\n"
+    "      error_mt), 2)\n"
+    "  end\n"
     "  for i = 1, #calls do\n"
-    "    local ok, value = pcall(calls[i].wait, calls[i])\n"
+    "    local ok, value = pcall(wait, calls[i])\n"
     "    if ok then results[i] = value elseif first_error == nil then first_error = value end\n"
+    "    -- Ctrl-C ends the whole wait, not one call of it\n"
+    "    if not ok and type(value) == 'table' and value.code == 'INTERRUPTED' then error(value, 0) end\n"
     "  end\n"
     "  if first_error ~= nil then error(first_error, 0) end\n"
     "  return results\n"
     "end\n";
 
+/* wait_all's wait: anything but a call is BAD_ARGUMENT, as elsewhere. */
+static int wait_one(lua_State *L) {
+  if (!luaL_testudata(L, 1, CALL_MT))
+    return bad_argument(L, "%s", "wait_all expects a list of calls (from :send)");
+  lua_settop(L, 1);
+  return call_wait(L, 1);
+}
+
 static void add_lua_helpers(lua_State *L) {
   if (luaL_loadbuffer(L, lua_helpers, sizeof lua_helpers - 1, "=amqp_delegate") != LUA_OK)
     lua_error(L);
   lua_pushvalue(L, -2);
-  lua_call(L, 1, 0);
+  luaL_getmetatable(L, ERROR_OBJECT_MT);
+  lua_pushcfunction(L, wait_one);
+  lua_call(L, 3, 0);
 }
 
 __attribute__((visibility("default"))) int luaopen_amqp_delegate(lua_State *L) {

@@ -55,7 +55,9 @@ local function lua_file(code)
     path = path .. ".lua"
   end
   local f = assert(io.open(path, "w"))
-  f:write(PREAMBLE, code)
+  -- a script may begin with a part that must run before the module is loaded
+  local before, after = code:match("^%-%- before require\n(.-)\n%-%- after require\n(.*)$")
+  if before then f:write(before, "\n", PREAMBLE, after) else f:write(PREAMBLE, code) end
   f:close()
   scripts[#scripts + 1] = path
   return path
@@ -448,6 +450,95 @@ d:stop()
 ]])
       local context = "\n(status " .. status .. ")\n" .. out .. err
       assert.are.equal("true ", line(out, "again"), context)
+    end)
+  end)
+
+  describe("found by the adversarial review", function()
+    it("a hook whose error cannot even be printed is logged; the loop and the process go on", function()
+      local name = unique("robust_bad_hook")
+      local out, status, err = run_lua(20, [[
+local bomb = setmetatable({}, { __tostring = function() error("tostring exploded") end,
+  __index = function() error("index exploded") end })
+local w = delegate.worker { name = arg[2], url = URL, task = function(x) return x end,
+  on_close = function() error(bomb) end }
+w:start()
+local ok, e = pcall(w.stop, w)
+out("stop", ok)
+local d = delegate.delegator { url = URL }:start()
+w:start()
+out("call", d:invoke({ timeout = 5 }, arg[2], 7))
+w:stop()
+d:stop()
+]], name)
+      local context = "\n(status " .. status .. ")\n" .. out .. err
+      assert.are.equal(0, status, context)
+      assert.are.equal("true", line(out, "stop"), context)
+      assert.are.equal("7", line(out, "call"), context)
+      assert_has(err, "on_close hook failed", context)
+    end)
+
+    it("a finalizer that calls a delegator while the Lua state closes gets an error, not a crash", function()
+      local out, status, err = run_lua(20, [[
+-- before require
+local holder = {}
+local function out(...) io.stdout:write(table.concat({ ... }, " "), "\n") end
+local guard = setmetatable({}, { __gc = function()
+  local ok, e = pcall(holder.d.invoke, holder.d, { timeout = 1 }, "nobody")
+  out("in gc", tostring(ok), type(e) == "table" and e.code or tostring(e))
+  out("stop in gc", tostring(pcall(holder.d.stop, holder.d)))
+end })
+-- after require
+holder.d = delegate.delegator { url = URL }:start()
+]])
+      local context = "\n(status " .. status .. ")\n" .. out .. err
+      assert.are.equal(0, status, context)
+      assert.matches("^false ", line(out, "in gc") or "", nil, context)
+    end)
+
+    it("serve() returns after the on_close hooks of the workers it stopped ran", function()
+      local name = unique("robust_serve_close")
+      local process = spawn_lua([[
+local w = delegate.worker { name = arg[2], url = URL, task = function(x) return x end,
+  on_close = function() out("closed") end }:start()
+out("serving")
+local how = delegate.serve()
+out("served", how)
+]], name)
+      assert.is_true((process:wait_for("serving\n", 10 * slow, true)), process:output())
+      assert.is_true(process:signal("TERM"))
+      assert.are.equal(0, process:wait_exit(10 * slow), process:output())
+      local output = process:output()
+      local closed, served = output:find("\nclosed\n", 1, true), output:find("\nserved SIGTERM", 1, true)
+      assert(closed and served and closed < served, "on_close before serve() returned:\n" .. output)
+    end)
+
+    it("one Ctrl-C ends delegate.wait_all with INTERRUPTED", function()
+      local sleeper = unique("robust_wait_all")
+      support.host({ "spec/workers/sleeper.lua" }, { env = { WORKER_NAME = sleeper }, flags = { "--concurrency", "4" } })
+      local process = spawn_lua([[
+local d = delegate.delegator { url = URL, timeout = 60 }:start()
+local calls = {}
+for i = 1, 4 do calls[i] = d:send(arg[2], 30, i) end
+out("waiting")
+local ok, e = pcall(delegate.wait_all, calls)
+out("wait_all", ok, code_of(e))
+os.exit(0)
+]], sleeper)
+      assert.is_true((process:wait_for("waiting\n", 10 * slow, true)), process:output())
+      broker.sleep(0.5)
+      assert.is_true(process:signal("INT"))
+      local ended = process:wait_for("wait_all [^\n]*\n", 10 * slow)
+      assert.is_true(ended, "one SIGINT ended wait_all\n" .. process:output())
+      assert.are.equal("false INTERRUPTED", line(process:output(), "wait_all"))
+    end)
+
+    it("a worker name with a NUL byte is refused by invoke and send, not cut short", function()
+      for _, method in ipairs({ "invoke", "send" }) do
+        local ok, err = pcall(delegator[method], delegator, "adder\0other", 1, 2)
+        assert.is_false(ok)
+        assert.are.equal("BAD_ARGUMENT", err.code)
+      end
+      assert.are.equal(0, delegator:stats().sent)
     end)
   end)
 

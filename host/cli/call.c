@@ -61,7 +61,7 @@ static int call(lua_State *L) {
   if (options->timeout >= 0) {
     lua_pushnumber(L, options->timeout);
     lua_setfield(L, 3, "timeout");
-    if (options->timeout > 0 && options->timeout < 10) { /* connecting counts too */
+    if (options->timeout >= 0.001 && options->timeout < 10) { /* connecting counts too */
       lua_pushnumber(L, options->timeout);
       lua_setfield(L, 3, "connect_timeout");
     }

@@ -152,13 +152,21 @@ static void write_decimal(char *out, size_t size, uint64_t value) {
 
 static int publish_call(struct delegator *delegator, struct channel *channel, struct call *call,
                         struct ad_error *error) {
+  /* A call held a while goes out with only the time it has left: a request
+   * nobody took in time is dropped by the broker, not served late. */
+  char expiration[24] = "";
+  if (call->deadline != UINT64_MAX) {
+    uint64_t now = uv_now(&delegator->runtime->loop);
+    if (call->deadline <= now) return 0; /* its TIMEOUT is due */
+    write_decimal(expiration, sizeof expiration, call->deadline - now);
+  }
   if (pending_calls_add(&delegator->pending, &call->link, call->correlation_id.bytes,
                         call->correlation_id.length) != 0) {
     error_set(error, ERR_BAD_ARGUMENT, "out of memory for a call to '%s'", call->worker);
     return -1;
   }
   struct publish request = {call->worker, &call->correlation_id, delegator->reply_queue.bytes,
-                            NULL, call->expiration[0] ? call->expiration : NULL,
+                            NULL, expiration[0] ? expiration : NULL,
                             call->body.data ? call->body.data : "", call->body.length, 1};
   if (channel_publish(channel, &request, error) < 0) {
     pending_calls_remove(&delegator->pending, &call->link);
@@ -197,6 +205,8 @@ static struct call *new_call(lua_State *L, struct delegator *delegator, int self
 
 static void check_sendable(struct delegator *delegator, lua_State *L) {
   enum lifecycle_state state = delegator->lifecycle.state;
+  if (delegator->runtime->closed)
+    error_object_raisef(L, ERR_STOPPED, "the Lua state is closing (a finalizer)");
   if (state == LIFECYCLE_STOPPED)
     error_object_raisef(L, ERR_NOT_STARTED, "delegator is not started (call :start() first)");
   if (state == LIFECYCLE_STOPPING)
@@ -240,8 +250,6 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
   if (call->timeout > 0) {
     uint64_t milliseconds = runtime_milliseconds(call->timeout);
     call->deadline = uv_now(&delegator->runtime->loop) + milliseconds;
-    /* A request nobody took in time is dropped by the broker, not served late. */
-    write_decimal(call->expiration, sizeof call->expiration, milliseconds);
   }
   lua_pushvalue(L, call_index);
   call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -46,7 +46,6 @@ struct call {
   int error_reply;              /* the worker answered with an error */
   byte_buffer body;             /* the request until sent, then the reply */
   struct short_string correlation_id;
-  char expiration[24];
   char worker[SHORT_STRING_MAX];
 };
 

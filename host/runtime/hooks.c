@@ -19,15 +19,31 @@ struct hook_context {
   const char *hook_name;
 };
 
+struct hook_failure {
+  struct fiber *fiber;
+  const char *hook_name;
+};
+
+/* Reading the error may run its metamethods (__tostring, __index), which may
+ * raise in turn: protected, on the loop's thread, never into the loop. */
+static int log_hook_failure(lua_State *L) {
+  struct hook_failure *failure = lua_touserdata(L, 1);
+  lua_State *thread = failure->fiber->thread;
+  lua_xmove(thread, L, 1);
+  struct ad_error error;
+  error_object_read(L, -1, "HOOK_FAILED", &error);
+  log_line(LOG_ERROR, "%s hook failed: %s", failure->hook_name, error.message);
+  luaL_traceback(L, thread, error.message, 0);
+  log_line(LOG_DEBUG, "%s", lua_tostring(L, -1));
+  return 0;
+}
+
 static void hook_finished(struct fiber *fiber, int status) {
   if (status == LUA_OK) return;
   struct hook_context *context = fiber_context(fiber);
-  struct ad_error error;
-  error_object_read(fiber->thread, -1, "HOOK_FAILED", &error);
-  log_line(LOG_ERROR, "%s hook failed: %s", context->hook_name, error.message);
-  fiber_push_traceback(fiber);
-  log_line(LOG_DEBUG, "%s", lua_tostring(fiber->runtime->L, -1));
-  lua_pop(fiber->runtime->L, 1);
+  struct hook_failure failure = {fiber, context->hook_name};
+  if (runtime_protected(fiber->runtime, log_hook_failure, &failure, context->hook_name) != 0)
+    log_line(LOG_ERROR, "%s hook failed (its error could not be read)", context->hook_name);
 }
 
 static int start_hook(lua_State *L) {

@@ -358,7 +358,7 @@ static void stop_service(struct service *service) {
 void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L) {
   if (lifecycle->state == LIFECYCLE_STOPPED)
     error_object_raisef(L, ERR_NOT_STARTED, "%s is not started", lifecycle->label);
-  lifecycle->service.stop = stop_service;
+  if (lifecycle->runtime->closed) return; /* a finalizer at lua_close: all is gone */
   begin_stop(lifecycle);
   /* A task or hook does not wait: its own stop may be waiting for it. */
   if (fiber_current(L) || lifecycle->runtime->running) return;
@@ -373,6 +373,7 @@ void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L) {
 void lifecycle_release(struct lifecycle *lifecycle) {
   if (lifecycle->channel) channel_release(lifecycle->channel);
   lifecycle->channel = NULL;
+  lifecycle->state = LIFECYCLE_STOPPED;
   if (lifecycle->is_service) runtime_remove_service(lifecycle->runtime, &lifecycle->service);
   runtime_cancel_job(lifecycle->runtime, &lifecycle->hooks_job);
   runtime_timer_free(lifecycle->timer);

@@ -37,6 +37,7 @@ static void close_owned(uv_handle_t *handle) {
  * after the workers and delegators that released their channels. */
 static int runtime_gc(lua_State *L) {
   struct runtime *runtime = luaL_checkudata(L, 1, RUNTIME_MT);
+  runtime->closed = 1; /* finalizers that run after this one must not touch the loop */
   transport_shutdown(&runtime->loop);
   while (runtime->fibers) {
     struct fiber *fiber = runtime->fibers;
@@ -86,12 +87,19 @@ static void open_handles(lua_State *L, struct runtime *runtime) {
   uv_unref((uv_handle_t *)runtime->interrupt);
 }
 
+/* Handshakes run on libuv's thread pool (4 threads by default, for the
+ * whole process): a few brokers that accept and never answer would hold
+ * every thread for connect_timeout and starve healthy connections. The pool
+ * is sized when first used; a size the user set wins. */
+#define HANDSHAKE_THREADS "16"
+
 void runtime_open(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY) != LUA_TNIL) {
     lua_pop(L, 1);
     return;
   }
   lua_pop(L, 1);
+  setenv("UV_THREADPOOL_SIZE", HANDSHAKE_THREADS, 0);
   struct runtime *runtime = lua_newuserdatauv(L, sizeof *runtime, 0);
   memset(runtime, 0, sizeof *runtime);
   int status = uv_loop_init(&runtime->loop);
@@ -161,6 +169,8 @@ static void run_jobs(struct runtime *runtime) {
 /* ---- waiting ---- */
 
 struct fiber *runtime_wait_place(lua_State *L, struct runtime *runtime, const char *what) {
+  if (runtime->closed)
+    error_object_raisef(L, ERR_STOPPED, "%s: the Lua state is closing (a finalizer)", what);
   struct fiber *fiber = fiber_current(L);
   if (fiber) {
     if (lua_isyieldable(L)) return fiber;
@@ -224,6 +234,7 @@ static int has_work(struct runtime *runtime) {
 
 int runtime_wait(struct runtime *runtime, const int *done) {
   if (*done) return WAIT_DONE;
+  if (runtime->closed) return WAIT_NOTHING_LEFT;
   struct sigaction previous;
   int catching = catch_interrupts(runtime, &previous);
   runtime->running = 1;
@@ -244,7 +255,7 @@ int runtime_wait(struct runtime *runtime, const int *done) {
 }
 
 void runtime_run_until(struct runtime *runtime, const int *done) {
-  if (runtime->running) return;
+  if (runtime->running || runtime->closed) return;
   runtime->running = 1;
   int alive = 1;
   while (!*done && (alive || has_work(runtime))) alive = uv_run(&runtime->loop, UV_RUN_ONCE);
@@ -269,11 +280,9 @@ int runtime_protected(struct runtime *runtime, lua_CFunction fn, void *arg, cons
   lua_pushcfunction(L, fn);
   lua_pushlightuserdata(L, arg);
   int status = lua_pcall(L, 1, 0, 0);
-  if (status != LUA_OK) {
-    struct ad_error error;
-    error_object_read(L, -1, ERR_BROKER_ERROR, &error);
-    log_line(LOG_ERROR, "%s: %s: %s", what, error.code, error.message);
-  }
+  if (status != LUA_OK) /* read raw: a metamethod here would raise unprotected */
+    log_line(LOG_ERROR, "%s: %s", what,
+             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "an error (not a string)");
   lua_settop(L, base);
   return status == LUA_OK ? 0 : -1;
 }
@@ -399,13 +408,6 @@ int fiber_wait(lua_State *L, struct fiber *fiber, fiber_cancel_fn cancel, void *
   fiber->cancel = cancel;
   fiber->wait_data = wait_data;
   return lua_yieldk(L, 0, context, k);
-}
-
-void fiber_push_traceback(struct fiber *fiber) {
-  lua_State *L = fiber->runtime->L;
-  const char *message = luaL_tolstring(fiber->thread, -1, NULL);
-  luaL_traceback(L, fiber->thread, message, 0);
-  lua_pop(fiber->thread, 1);
 }
 
 /* ---- timers owned by userdata ---- */
@@ -553,11 +555,12 @@ int runtime_serve(struct runtime *runtime, lua_State *L) {
   while (services_running(runtime)) {
     if (!uv_run(&runtime->loop, UV_RUN_ONCE) && !has_work(runtime)) break;
   }
+  /* the on_close hooks of the stopped services run before serve() returns */
+  while (has_work(runtime)) uv_run(&runtime->loop, UV_RUN_ONCE);
   runtime->running = 0;
   sigaction(SIGINT, &previous[0], NULL);
   sigaction(SIGTERM, &previous[1], NULL);
   serve_wakeup = NULL;
-  uv_run(&runtime->loop, UV_RUN_NOWAIT);
   if (signal_number) return signal_number;
   return runtime->service_failures > 0 ? -1 : 0;
 }

@@ -63,6 +63,7 @@ struct runtime {
   lua_State *L;   /* the loop's own thread: callbacks work on its stack */
   int running;    /* inside uv_run: waiting again there would re-enter libuv */
   int resuming;   /* inside a fiber's lua_resume */
+  int closed;     /* lua_close finalized the runtime: its loop is gone */
   volatile sig_atomic_t interrupted; /* SIGINT during a plain wait */
   uv_async_t *interrupt;             /* wakes the loop from a signal handler */
   uv_check_t *check;                 /* runs the jobs after each poll */
@@ -140,8 +141,6 @@ int fiber_wait(lua_State *L, struct fiber *fiber, fiber_cancel_fn cancel, void *
                lua_KContext context, lua_KFunction k);
 /* The wait is over: resumes the fiber from the job queue. */
 void fiber_wake(struct fiber *fiber);
-/* "message\nstack traceback..." of a failed fiber, pushed on runtime->L. */
-void fiber_push_traceback(struct fiber *fiber);
 
 /* A timer in its own allocation, closed and freed through the loop, for
  * owners (userdata) that may be collected while libuv still holds it. */

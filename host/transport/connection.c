@@ -43,6 +43,7 @@ struct held_publish {
   struct held_publish *next;
   uint64_t ack_tag; /* an ack held behind the publishes before it, when is_ack */
   int is_ack;
+  uint64_t expires_at; /* loop time (ms) its expiration ends, when has_expiration */
   struct short_string correlation_id;
   int mandatory;
   size_t routing_key_length, reply_to_length, type_length, expiration_length, body_length;
@@ -59,6 +60,8 @@ struct channel {
   int number;
   int released;  /* the owner let go: no handler is called any more */
   int notified;  /* on_closed was called */
+  int failure_due; /* on_closed(failure) is due on the next turn */
+  struct ad_error failure;
   uint32_t awaited_method; /* the reply a request waits for, 0: none */
   enum channel_step awaited_step;
   size_t max_body;
@@ -275,7 +278,23 @@ static void notify_channels(struct connection *connection) {
     connection_destroy(connection);
 }
 
-static void notify_loss(uv_timer_t *timer) { notify_channels(timer->data); }
+/* Failures found inside a channel_* call (no free channel number) and
+ * losses are told from here, on a turn of the loop of their own. */
+static void notify_due(uv_timer_t *timer) {
+  struct connection *connection = timer->data;
+  connection->draining = 1;
+  for (;;) {
+    struct channel *channel = connection->channels;
+    while (channel && !(channel->failure_due && !channel->released)) channel = channel->next;
+    if (!channel) break;
+    channel->failure_due = 0;
+    channel->notified = 1;
+    channel->handler.on_closed(channel->handler.owner, &channel->failure);
+  }
+  connection->draining = 0;
+  if (connection->state == CONNECTION_DEAD) notify_channels(connection);
+  else if (connection->destroy_requested) connection_destroy(connection);
+}
 
 /* The socket, the heartbeat or the broker ended the connection. The owners
  * hear it on the next turn of the loop, never inside a channel_* call. */
@@ -292,7 +311,7 @@ static void connection_lost(struct connection *connection, const struct ad_error
   }
   log_line(LOG_DEBUG, "connection to %s lost: %s: %s", connection->endpoint, error->code,
            error->message);
-  uv_timer_start(&connection->notify_timer, notify_loss, 0, 0);
+  uv_timer_start(&connection->notify_timer, notify_due, 0, 0);
 }
 
 static int send_status(struct connection *connection, int status, const char *doing,
@@ -460,6 +479,8 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
   held->correlation_id = *publish->correlation_id;
   held->mandatory = publish->mandatory;
   held->is_ack = 0;
+  if (publish->expiration)
+    held->expires_at = uv_now(channel->connection->loop) + strtoull(publish->expiration, NULL, 10);
   append_held(channel, held);
   return 1;
 }
@@ -475,9 +496,17 @@ static int send_held(struct channel *channel, struct held_publish *held, struct 
   const char *type = reply_to + held->reply_to_length + 1;
   const char *expiration = type + held->type_length + 1;
   const char *body = expiration + held->expiration_length + 1;
+  /* it leaves with the time it has left; one whose time is up is dropped,
+   * as the broker would have */
+  char left[24];
+  if (held->has_expiration) {
+    uint64_t now = uv_now(channel->connection->loop);
+    if (held->expires_at <= now) return 0;
+    snprintf(left, sizeof left, "%llu", (unsigned long long)(held->expires_at - now));
+  }
   struct publish publish = {routing_key, &held->correlation_id,
                             held->has_reply_to ? reply_to : NULL, held->has_type ? type : NULL,
-                            held->has_expiration ? expiration : NULL, body, held->body_length,
+                            held->has_expiration ? left : NULL, body, held->body_length,
                             held->mandatory};
   return publish_now(channel, &publish, error);
 }
@@ -1066,11 +1095,11 @@ static void send_channel_open(struct channel *channel) {
   struct connection *connection = channel->connection;
   int number = free_number(connection);
   if (!number) {
-    struct ad_error error;
-    error_set(&error, ERR_BROKER_ERROR, "%s: no free channel (at most %d)", connection->endpoint,
-              CHANNEL_LIMIT);
+    error_set(&channel->failure, ERR_BROKER_ERROR, "%s: no free channel (at most %d)",
+              connection->endpoint, CHANNEL_LIMIT);
     channel->state = CHANNEL_DEAD;
-    channel_failed(channel, &error);
+    channel->failure_due = 1;
+    uv_timer_start(&connection->notify_timer, notify_due, 0, 0);
     return;
   }
   channel->number = number;
