@@ -16,6 +16,7 @@
 #include <amqp_framing.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <openssl/crypto.h>
 
 #include "amqp_errors.h"
 #include "byte_buffer.h"
@@ -992,6 +993,9 @@ static void handshake_work(uv_work_t *work) {
     amqp_destroy_connection(handshake->amqp);
     handshake->amqp = NULL;
   }
+  /* OpenSSL keeps per-thread state (error queue, random generators) that
+   * only a thread's exit frees, and libuv's pool threads never exit */
+  if (handshake->url.info.ssl) OPENSSL_thread_stop();
 }
 
 static void open_channels(struct connection *connection);

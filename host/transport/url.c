@@ -43,7 +43,9 @@ static int next_password(const char *text, const char *stops, const char **start
 #define URL_STOPS "/?#"
 #define TEXT_STOPS "/?# \t\r\n'\"<>"
 
-static void redact(const char *text, const char *stops, char *out, size_t size) {
+/* every: all the URLs in text, else the first one only (a URL alone: one
+ * stretch is masked, the one its parser reads as the password) */
+static void redact(const char *text, const char *stops, int every, char *out, size_t size) {
   size_t used = 0;
   if (size == 0) return;
   const char *start, *end, *resume;
@@ -60,12 +62,19 @@ static void redact(const char *text, const char *stops, char *out, size_t size) 
     }
     if (!found) break;
     text = start ? end : resume;
+    if (!every) {
+      size_t rest = strlen(text);
+      if (rest > size - 1 - used) rest = size - 1 - used;
+      memcpy(out + used, text, rest);
+      used += rest;
+      break;
+    }
   }
   out[used] = '\0';
 }
 
 void url_redact_text(const char *text, char *out, size_t size) {
-  redact(text, TEXT_STOPS, out, size);
+  redact(text, TEXT_STOPS, 1, out, size);
 }
 
 void url_mask_in_place(char *text) {
@@ -82,7 +91,7 @@ int url_parse(struct amqp_url *url, const char *text, struct ad_error *error) {
     error_set(error, ERR_BAD_URL, "URL is longer than %d bytes", URL_MAX_LENGTH - 1);
     return -1;
   }
-  redact(text, URL_STOPS, url->redacted, sizeof url->redacted);
+  redact(text, URL_STOPS, 0, url->redacted, sizeof url->redacted);
   memcpy(url->text, text, length + 1);
   struct amqp_connection_info info;
   amqp_default_connection_info(&info);
