@@ -1,4 +1,4 @@
-/* Standalone tests of the JSON codec (host/json.c): value mapping in both
+/* Standalone tests of the JSON codec (host/runtime/json.c): value mapping in both
  * directions, strictness of the decoder, error messages, limits, and
  * behaviour under Lua memory errors. Build and run: spec/c/build_json_test.sh */
 #include <locale.h>

@@ -1,8 +1,8 @@
 /* libFuzzer target for the JSON codec: whatever decodes must re-encode, and
  * decoding that output must give a structurally equal value; json_decode_args
  * must agree with json_decode on which inputs are arrays. Build:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I host $(pkg-config --cflags lua5.4) \
- *     spec/fuzz/fuzz_json.c host/json.c host/byte_buffer.c $(pkg-config --libs lua5.4) -lm
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I host/common -I host/runtime $(pkg-config --cflags lua5.4) \
+ *     spec/fuzz/fuzz_json.c host/runtime/json.c host/common/byte_buffer.c $(pkg-config --libs lua5.4) -lm
  * Run: ./a.out -max_len=4096 spec/fuzz/corpus_json */
 #include <math.h>
 #include <stdint.h>

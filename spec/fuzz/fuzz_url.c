@@ -1,4 +1,4 @@
-/* libFuzzer target for url_parse (host/url.c): any text, any length, must
+/* libFuzzer target for url_parse (host/transport/url.c): any text, any length, must
  * neither crash nor overrun, and whenever rabbitmq-c found a password in it,
  * the redacted form (the only form we ever print) must hide that password,
  * whether the whole URL parsed or not (a BAD_URL message quotes it too).
@@ -17,8 +17,8 @@
  *
  * Built by CMake when the compiler is clang (target fuzz_url; scripts/test.sh
  * builds build-fuzz/ with CC=clang and runs it under ctest); by hand:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I host \
- *     spec/fuzz/fuzz_url.c host/url.c host/errors.c $(pkg-config --cflags --libs librabbitmq)
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I host/common -I host/transport \
+ *     spec/fuzz/fuzz_url.c host/transport/url.c host/common/errors.c $(pkg-config --cflags --libs librabbitmq)
  * Run: ./fuzz_url -max_len=4096 spec/fuzz/corpus_url */
 #include <stdint.h>
 #include <stdio.h>
