@@ -87,19 +87,12 @@ static void open_handles(lua_State *L, struct runtime *runtime) {
   uv_unref((uv_handle_t *)runtime->interrupt);
 }
 
-/* Handshakes run on libuv's thread pool (4 threads by default, for the
- * whole process): a few brokers that accept and never answer would hold
- * every thread for connect_timeout and starve healthy connections. The pool
- * is sized when first used; a size the user set wins. */
-#define HANDSHAKE_THREADS "16"
-
 void runtime_open(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY) != LUA_TNIL) {
     lua_pop(L, 1);
     return;
   }
   lua_pop(L, 1);
-  setenv("UV_THREADPOOL_SIZE", HANDSHAKE_THREADS, 0);
   struct runtime *runtime = lua_newuserdatauv(L, sizeof *runtime, 0);
   memset(runtime, 0, sizeof *runtime);
   int status = uv_loop_init(&runtime->loop);
