@@ -110,7 +110,6 @@ static void become_stopped(struct lifecycle *lifecycle, int failed) {
   drop_channel(lifecycle);
   lifecycle->state = LIFECYCLE_STOPPED;
   lifecycle->stopped = 1;
-  lifecycle->failed = failed;
   if (lifecycle->is_service) {
     if (failed) lifecycle->runtime->service_failures++;
     runtime_remove_service(lifecycle->runtime, &lifecycle->service);
@@ -289,7 +288,7 @@ int lifecycle_start(struct lifecycle *lifecycle, lua_State *L, int self) {
   lifecycle->unref_due = 0;
   lifecycle->first_start = 1;
   lifecycle->start_done = lifecycle->start_failed = 0;
-  lifecycle->stopped = lifecycle->failed = 0;
+  lifecycle->stopped = 0;
   lifecycle->was_open = 0;
   lifecycle->attempts = 0;
   lifecycle->delay = FIRST_DELAY;

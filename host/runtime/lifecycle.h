@@ -64,7 +64,6 @@ struct lifecycle {
   struct ad_error start_error;
   struct fiber *start_waiter;
   int stopped; /* set when a stop completes: plain stop() waits on it */
-  int failed;  /* stopped because it could not go on */
   int was_open;
   /* hooks due, run from the job queue */
   struct job hooks_job;

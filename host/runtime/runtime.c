@@ -262,11 +262,6 @@ int runtime_wait_error(lua_State *L, int result, const char *what) {
                              "%s: nothing is left that could end this wait", what);
 }
 
-struct protected_call {
-  lua_CFunction fn;
-  void *arg;
-};
-
 int runtime_protected(struct runtime *runtime, lua_CFunction fn, void *arg, const char *what) {
   lua_State *L = runtime->L;
   int base = lua_gettop(L);

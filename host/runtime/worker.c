@@ -12,7 +12,6 @@
 #include <lauxlib.h>
 
 #include "error_object.h"
-#include "hooks.h"
 #include "json.h"
 #include "log.h"
 

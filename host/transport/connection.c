@@ -184,14 +184,6 @@ static void pool_remove(struct connection *connection) {
     }
 }
 
-int transport_connection_count(uv_loop_t *loop) {
-  int count = 0;
-  for (struct connection *c = pool; c; c = c->next)
-    if (c->loop == loop && (c->state == CONNECTION_CONNECTING || c->state == CONNECTION_OPEN))
-      count++;
-  return count;
-}
-
 /* ---- freeing ---- */
 
 static void free_held(struct channel *channel) {
@@ -262,40 +254,36 @@ static void stop_watching(struct connection *connection) {
   uv_timer_stop(&connection->drain_timer);
 }
 
-/* Tells every channel still held about the loss; the owners release them,
- * and the last release frees the connection (deferred while we iterate). */
+/* Tells the channels still held what is due: a failure found inside a
+ * channel_* call (no free channel number), and, once the connection is
+ * dead, the loss. The owners release them; the last release frees the
+ * connection (deferred while we iterate). */
+static int notification_due(const struct connection *connection,
+                            const struct channel *channel) {
+  if (channel->released) return 0;
+  return channel->failure_due ||
+         (connection->state == CONNECTION_DEAD && !channel->notified);
+}
+
 static void notify_channels(struct connection *connection) {
   connection->draining = 1;
   for (;;) {
     struct channel *channel = connection->channels;
-    while (channel && (channel->released || channel->notified)) channel = channel->next;
+    while (channel && !notification_due(connection, channel)) channel = channel->next;
     if (!channel) break;
+    const struct ad_error *error = channel->failure_due ? &channel->failure : &connection->loss;
+    channel->failure_due = 0;
     channel->notified = 1;
     channel->state = CHANNEL_DEAD;
-    channel->handler.on_closed(channel->handler.owner, &connection->loss);
+    channel->handler.on_closed(channel->handler.owner, error);
   }
   connection->draining = 0;
-  if (connection->destroy_requested || !held_by_owners(connection))
+  if (connection->destroy_requested ||
+      (connection->state == CONNECTION_DEAD && !held_by_owners(connection)))
     connection_destroy(connection);
 }
 
-/* Failures found inside a channel_* call (no free channel number) and
- * losses are told from here, on a turn of the loop of their own. */
-static void notify_due(uv_timer_t *timer) {
-  struct connection *connection = timer->data;
-  connection->draining = 1;
-  for (;;) {
-    struct channel *channel = connection->channels;
-    while (channel && !(channel->failure_due && !channel->released)) channel = channel->next;
-    if (!channel) break;
-    channel->failure_due = 0;
-    channel->notified = 1;
-    channel->handler.on_closed(channel->handler.owner, &channel->failure);
-  }
-  connection->draining = 0;
-  if (connection->state == CONNECTION_DEAD) notify_channels(connection);
-  else if (connection->destroy_requested) connection_destroy(connection);
-}
+static void notify_due(uv_timer_t *timer) { notify_channels(timer->data); }
 
 /* The socket, the heartbeat or the broker ended the connection. The owners
  * hear it on the next turn of the loop, never inside a channel_* call. */

@@ -143,7 +143,5 @@ void transport_poll(uv_loop_t *loop);
 void transport_shutdown(uv_loop_t *loop);
 /* rabbitmq-c's version, for --version. */
 const char *transport_version(void);
-/* Counts the connections of this loop (for tests and stats). */
-int transport_connection_count(uv_loop_t *loop);
 
 #endif
