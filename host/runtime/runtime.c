@@ -37,6 +37,10 @@ static void close_owned(uv_handle_t *handle) {
  * after the workers and delegators that released their channels. */
 static int runtime_gc(lua_State *L) {
   struct runtime *runtime = luaL_checkudata(L, 1, RUNTIME_MT);
+  /* A polite close lets the broker read what was sent before it (the last
+   * replies and acks): closing the socket on unread data would reset it. */
+  runtime->running = 1;
+  while (transport_closing(&runtime->loop)) uv_run(&runtime->loop, UV_RUN_ONCE);
   runtime->closed = 1; /* finalizers that run after this one must not touch the loop */
   transport_shutdown(&runtime->loop);
   while (runtime->fibers) {

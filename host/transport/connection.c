@@ -826,6 +826,12 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
 
 static void on_timer(uv_timer_t *timer) { drain(timer->data); }
 
+int transport_closing(uv_loop_t *loop) {
+  for (struct connection *c = pool; c; c = c->next)
+    if (c->loop == loop && c->state == CONNECTION_CLOSING) return 1;
+  return 0;
+}
+
 void transport_shutdown(uv_loop_t *loop) {
   int again = 1;
   while (again) {

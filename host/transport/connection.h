@@ -141,6 +141,8 @@ void transport_poll(uv_loop_t *loop);
 /* The loop is closing: every connection of it is closed now; those still in
  * their handshake are freed when their thread ends (run the loop). */
 void transport_shutdown(uv_loop_t *loop);
+/* 1 while a connection of this loop waits for its close-ok (at most 1 s). */
+int transport_closing(uv_loop_t *loop);
 /* rabbitmq-c's version, for --version. */
 const char *transport_version(void);
 
