@@ -2,6 +2,7 @@
  * pushes results. Workers, delegators and calls are userdata with
  * metatables; errors are objects with `code` and `message`. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -28,6 +29,9 @@
 #define DEFAULT_MAX_BODY (16u * 1024u * 1024u)
 #define DEFAULT_CALL_TIMEOUT 30.0
 #define DEFAULT_RECONNECT_MAX 5.0
+/* below RabbitMQ 4's own limit for quorum queues (20), so callers hear why */
+#define DEFAULT_DELIVERY_LIMIT 10
+#define MAX_RETRY 100
 /* RabbitMQ refuses a per-message expiration over 2^32-1 ms (49.7 days). */
 #define MAX_TIMEOUT 4294967.0
 #define MAX_SECONDS (86400.0 * 365)
@@ -125,12 +129,28 @@ static void hook_option(lua_State *L, int options, int self, const char *key, in
   lua_setiuservalue(L, self, slot);
 }
 
-static void url_option(lua_State *L, int options, struct amqp_url *url) {
+/* url = "amqp://a" or "amqp://a,amqp://b" or {"amqp://a", "amqp://b"}. */
+static void url_option(lua_State *L, int options, struct url_list *brokers) {
+  static const char wrong[] = "option 'url' must be a URL, a comma-separated list of URLs "
+                              "or a table of URLs";
   int type = lua_getfield(L, options, "url");
-  if (type != LUA_TNIL && type != LUA_TSTRING) bad_argument(L, "%s", "option 'url' must be a string");
-  const char *text = type == LUA_TSTRING ? lua_tostring(L, -1) : url_default();
   struct ad_error error;
-  if (url_parse(url, text, &error) != 0) error_object_raise(L, &error);
+  int status = 0;
+  if (type == LUA_TNIL || type == LUA_TSTRING) {
+    status = url_list_add(brokers, type == LUA_TSTRING ? lua_tostring(L, -1) : url_default(),
+                          &error);
+  } else if (type == LUA_TTABLE) {
+    lua_Integer count = luaL_len(L, -1);
+    if (count < 1) bad_argument(L, "%s", wrong);
+    for (lua_Integer i = 1; i <= count && status == 0; i++) {
+      if (lua_geti(L, -1, i) != LUA_TSTRING) bad_argument(L, "%s", wrong);
+      status = url_list_add(brokers, lua_tostring(L, -1), &error);
+      lua_pop(L, 1);
+    }
+  } else {
+    bad_argument(L, "%s", wrong);
+  }
+  if (status != 0) error_object_raise(L, &error);
   lua_pop(L, 1);
 }
 
@@ -184,7 +204,7 @@ static void tls_options(lua_State *L, int options, struct tls_options *out) {
 /* What every worker and delegator takes: url, tls, heartbeat,
  * connect_timeout, max_body, reconnect_max, on_error, on_close. */
 static void lifecycle_options(lua_State *L, int options, int self, struct lifecycle *out) {
-  url_option(L, options, &out->url);
+  url_option(L, options, &out->brokers);
   tls_options(L, options, &out->options.tls);
   out->options.heartbeat_seconds =
       (int)integer_option(L, options, "heartbeat", DEFAULT_HEARTBEAT, 0, 3600);
@@ -202,7 +222,45 @@ static void lifecycle_options(lua_State *L, int options, int self, struct lifecy
 
 static const char *const worker_options[] = {
     "name", "task", "url", "on_error", "on_close", "concurrency", "heartbeat",
-    "connect_timeout", "max_body", "max_depth", "reconnect_max", "tls", NULL};
+    "connect_timeout", "max_body", "max_depth", "reconnect_max", "tls", "queue",
+    "delivery_limit", "confirms", NULL};
+
+static const char *queue_type(lua_State *L, const char *type) {
+  static const char *const types[] = {"classic", "quorum", NULL};
+  for (int i = 0; types[i]; i++)
+    if (strcmp(type, types[i]) == 0) return types[i];
+  bad_argument(L, "%s", "a queue's type is \"classic\" or \"quorum\"");
+  return NULL;
+}
+
+/* queue = "quorum" | "classic" | {type = ..., durable = ...}; without it,
+ * $AMQP_DELEGATE_QUEUE_TYPE (run --queue-type), else the Node protocol's.
+ * Leaves values on the stack: the caller resets it. */
+static void queue_option(lua_State *L, int options, struct worker_queue *queue) {
+  memset(queue, 0, sizeof *queue);
+  int type = lua_getfield(L, options, "queue");
+  if (type == LUA_TNIL) {
+    const char *from_environment = getenv("AMQP_DELEGATE_QUEUE_TYPE");
+    if (from_environment && *from_environment) queue->type = queue_type(L, from_environment);
+  } else if (type == LUA_TSTRING) {
+    queue->type = queue_type(L, lua_tostring(L, -1));
+  } else if (type == LUA_TTABLE) {
+    int table = lua_gettop(L);
+    static const char *const known[] = {"type", "durable", NULL};
+    check_known_options(L, table, known, "queue");
+    if (lua_getfield(L, table, "type") == LUA_TSTRING)
+      queue->type = queue_type(L, lua_tostring(L, -1));
+    else if (!lua_isnil(L, -1))
+      bad_argument(L, "%s", "a queue's type is \"classic\" or \"quorum\"");
+    lua_pop(L, 1);
+    queue->durable = boolean_option(L, table, "durable", 0);
+    if (queue->type && strcmp(queue->type, "quorum") == 0 && lua_getfield(L, table, "durable") &&
+        lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+      bad_argument(L, "%s", "a quorum queue is always durable (durable = false)");
+  } else {
+    bad_argument(L, "%s", "option 'queue' must be \"classic\", \"quorum\" or a table");
+  }
+}
 
 static void worker_name(lua_State *L, struct worker *worker) {
   lua_getfield(L, 1, "name");
@@ -234,6 +292,12 @@ static int new_worker(lua_State *L) {
   worker->options.prefetch = (int)integer_option(L, 1, "concurrency", 1, 1, 65535);
   worker->options.max_depth =
       (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
+  int top = lua_gettop(L);
+  queue_option(L, 1, &worker->options.queue);
+  lua_settop(L, top);
+  worker->options.delivery_limit =
+      (int)integer_option(L, 1, "delivery_limit", DEFAULT_DELIVERY_LIMIT, 0, 1000000);
+  worker->options.confirms = boolean_option(L, 1, "confirms", 1);
   return 1;
 }
 
@@ -266,7 +330,8 @@ static int worker_gc(lua_State *L) {
 static int worker_tostring(lua_State *L) {
   struct worker *worker = check_worker(L);
   lua_pushfstring(L, "amqp_delegate.worker '%s' (%s, %s)", worker->name,
-                  lifecycle_state_name(&worker->lifecycle, "running"), worker->lifecycle.url.redacted);
+                  lifecycle_state_name(&worker->lifecycle, "running"),
+                  lifecycle_url(&worker->lifecycle)->redacted);
   return 1;
 }
 
@@ -282,7 +347,7 @@ static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
 
 static const char *const delegator_options[] = {
     "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth",
-    "timeout", "reconnect_max", "tls", NULL};
+    "timeout", "reconnect_max", "tls", "retry", "confirms", NULL};
 
 static int new_delegator(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
@@ -300,6 +365,8 @@ static int new_delegator(lua_State *L) {
       (int)integer_option(L, 1, "max_depth", JSON_DEFAULT_MAX_DEPTH, 1, 10000);
   delegator->options.timeout =
       number_option(L, 1, "timeout", DEFAULT_CALL_TIMEOUT, 0, MAX_TIMEOUT, FOREVER_HINT);
+  delegator->options.retry = (int)integer_option(L, 1, "retry", 0, 0, MAX_RETRY);
+  delegator->options.confirms = boolean_option(L, 1, "confirms", 1);
   return 1;
 }
 
@@ -328,10 +395,12 @@ static int delegator_close_method(lua_State *L) {
 static int call_arguments(lua_State *L, struct call_options *options, const char **name) {
   int at = 2;
   options->timeout = -1;
+  options->retry = -1;
   if (lua_type(L, at) == LUA_TTABLE) {
-    static const char *const known[] = {"timeout", NULL};
+    static const char *const known[] = {"timeout", "retry", NULL};
     check_known_options(L, at, known, "a call");
     options->timeout = number_option(L, at, "timeout", -1, 0, MAX_TIMEOUT, FOREVER_HINT);
+    options->retry = (int)integer_option(L, at, "retry", -1, 0, MAX_RETRY);
     at++;
   }
   size_t length = 0;
@@ -361,12 +430,14 @@ static int delegator_invoke_method(lua_State *L) {
 static int delegator_stats_method(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
   const struct delegator_stats *stats = &delegator->stats;
-  lua_createtable(L, 0, 7);
-  static const char *const names[] = {"sent", "replied", "failed", "timed_out", "returned",
-                                      "unknown_replies"};
-  const unsigned long values[] = {stats->sent, stats->replied, stats->failed,
-                                  stats->timed_out, stats->returned, stats->unknown_replies};
-  for (int i = 0; i < 6; i++) {
+  lua_createtable(L, 0, 9);
+  static const char *const names[] = {"sent",     "replied",         "failed",
+                                      "timed_out", "returned",       "unknown_replies",
+                                      "retried",   "not_confirmed"};
+  const unsigned long values[] = {stats->sent,     stats->replied,         stats->failed,
+                                  stats->timed_out, stats->returned,       stats->unknown_replies,
+                                  stats->retried,   stats->not_confirmed};
+  for (int i = 0; i < 8; i++) {
     lua_pushinteger(L, (lua_Integer)values[i]);
     lua_setfield(L, -2, names[i]);
   }
@@ -383,7 +454,7 @@ static int delegator_gc(lua_State *L) {
 static int delegator_tostring(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
   lua_pushfstring(L, "amqp_delegate.delegator (%s, %s)", lifecycle_state_name(&delegator->lifecycle, "started"),
-                  delegator->lifecycle.url.redacted);
+                  lifecycle_url(&delegator->lifecycle)->redacted);
   return 1;
 }
 

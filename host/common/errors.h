@@ -32,6 +32,10 @@
 #define ERR_TIMEOUT "TIMEOUT"
 #define ERR_STOPPED "STOPPED"
 #define ERR_INTERRUPTED "INTERRUPTED"
+/* the broker did not take a request (nack, or the connection died first) */
+#define ERR_NOT_CONFIRMED "NOT_CONFIRMED"
+/* a request delivered more often than the worker's delivery_limit */
+#define ERR_DELIVERY_LIMIT "DELIVERY_LIMIT"
 
 struct ad_error {
   char code[48]; /* one of the ERR_ strings, or a task's own code */

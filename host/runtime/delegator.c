@@ -79,8 +79,47 @@ static void link_call(struct delegator *delegator, struct call *call) {
   if (!after) arm_deadline(delegator);
 }
 
+/* ---- the requests not yet confirmed, in publish order ---- */
+
+static void unlink_unconfirmed(struct delegator *delegator, struct call *call) {
+  if (!call->unconfirmed) return;
+  if (call->unconfirmed_previous) call->unconfirmed_previous->unconfirmed_next =
+      call->unconfirmed_next;
+  else delegator->unconfirmed_first = call->unconfirmed_next;
+  if (call->unconfirmed_next) call->unconfirmed_next->unconfirmed_previous =
+      call->unconfirmed_previous;
+  else delegator->unconfirmed_last = call->unconfirmed_previous;
+  call->unconfirmed_previous = call->unconfirmed_next = NULL;
+  call->unconfirmed = 0;
+}
+
+static void link_unconfirmed(struct delegator *delegator, struct call *call) {
+  call->unconfirmed_previous = delegator->unconfirmed_last;
+  call->unconfirmed_next = NULL;
+  if (delegator->unconfirmed_last) delegator->unconfirmed_last->unconfirmed_next = call;
+  else delegator->unconfirmed_first = call;
+  delegator->unconfirmed_last = call;
+  call->unconfirmed = 1;
+}
+
+/* Confirms come in publish order nearly always: the first one matches. */
+static struct call *find_unconfirmed(struct delegator *delegator, uint64_t serial) {
+  for (struct call *call = delegator->unconfirmed_first; call; call = call->unconfirmed_next)
+    if (call->serial == serial) return call;
+  return NULL;
+}
+
+/* The request is no longer out there: it may be sent again. */
+static void unsend(struct delegator *delegator, struct call *call) {
+  if (call->sent) pending_calls_remove(&delegator->pending, &call->link);
+  call->sent = 0;
+  call->confirmed = 0;
+  unlink_unconfirmed(delegator, call);
+}
+
 static void unlink_call(struct delegator *delegator, struct call *call) {
   if (!call->in_flight) return;
+  unlink_unconfirmed(delegator, call);
   int was_first = delegator->calls == call;
   if (call->previous) call->previous->next = call->next;
   else delegator->calls = call->next;
@@ -165,25 +204,54 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
     error_set(error, ERR_BAD_ARGUMENT, "out of memory for a call to '%s'", call->worker);
     return -1;
   }
+  call->serial = ++delegator->next_serial;
   struct publish request = {call->worker, &call->correlation_id, delegator->reply_queue.bytes,
                             NULL, expiration[0] ? expiration : NULL,
-                            call->body.data ? call->body.data : "", call->body.length, 1};
+                            call->body.data ? call->body.data : "", call->body.length, 1,
+                            call->serial};
   if (channel_publish(channel, &request, error) < 0) {
     pending_calls_remove(&delegator->pending, &call->link);
     return -1;
   }
   call->sent = 1;
-  byte_buffer_reset(&call->body); /* it holds the reply from now on */
+  call->resend_at = 0;
+  if (delegator->options.confirms) link_unconfirmed(delegator, call);
+  /* the body goes again if the call may be re-sent; else it holds the reply */
+  if (call->retries_left == 0) byte_buffer_reset(&call->body);
   delegator->stats.sent++;
   return 0;
 }
 
-/* Ready again (or unblocked): the held calls go out, oldest deadline first. */
+static void on_resend(uv_timer_t *timer);
+
+/* Ready again (or unblocked, or a returned request's pause is over): the
+ * held calls go out, oldest deadline first. */
 static void send_held(struct delegator *delegator) {
   struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  if (!channel || delegator->lifecycle.state != LIFECYCLE_READY) return;
   struct ad_error error;
-  for (struct call *call = delegator->calls; call && channel; call = call->next)
-    if (!call->sent && publish_call(delegator, channel, call, &error) != 0) return;
+  uint64_t now = uv_now(&delegator->runtime->loop), next_resend = UINT64_MAX;
+  for (struct call *call = delegator->calls; call; call = call->next) {
+    if (call->sent) continue;
+    if (call->resend_at > now) {
+      if (call->resend_at < next_resend) next_resend = call->resend_at;
+      continue;
+    }
+    if (publish_call(delegator, channel, call, &error) != 0) return;
+  }
+  if (next_resend != UINT64_MAX)
+    uv_timer_start(delegator->resend_timer, on_resend, next_resend - now, 0);
+}
+
+static void on_resend(uv_timer_t *timer) { send_held(timer->data); }
+
+/* A call that may go again does, and spends one retry. */
+static int spend_retry(struct delegator *delegator, struct call *call) {
+  if (call->retries_left <= 0) return 0;
+  call->retries_left--;
+  delegator->stats.retried++;
+  unsend(delegator, call);
+  return 1;
 }
 
 static struct call *new_call(lua_State *L, struct delegator *delegator, int self,
@@ -245,6 +313,7 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
   if (!fiber_current(L)) notice_idle_loss(delegator);
   check_sendable(delegator, L);
   call->timeout = options->timeout >= 0 ? options->timeout : delegator->options.timeout;
+  call->retries_left = options->retry >= 0 ? options->retry : delegator->options.retry;
   call->deadline = UINT64_MAX;
   uv_update_time(&delegator->runtime->loop); /* stale after an idle REPL */
   if (call->timeout > 0) {
@@ -283,6 +352,7 @@ static void on_reply(void *owner, const struct message *message) {
              delegator->stats.unknown_replies);
     return;
   }
+  byte_buffer_reset(&call->body); /* it may still hold the request, kept for a re-send */
   if (message->body_too_large) {
     call->failed = 1;
     error_set(&call->error, ERR_BAD_REPLY, "reply from '%s' of %zu bytes is over the limit",
@@ -297,10 +367,24 @@ static void on_reply(void *owner, const struct message *message) {
   complete(delegator, call);
 }
 
+/* No queue had the name at that moment. A returned request was never
+ * enqueued, so a call that may be re-sent goes again after a pause (a
+ * worker failing over to another node declares its queue again); others
+ * end NO_ROUTE at once, as in the Node protocol. */
+#define RETURN_PAUSE_MS 200
+
 static void on_return(void *owner, const struct message *message) {
   struct delegator *delegator = owner;
   struct call *call = take_call(delegator, &message->correlation_id);
   if (!call) return;
+  unlink_unconfirmed(delegator, call); /* its confirm follows: nothing to do then */
+  if (spend_retry(delegator, call)) {
+    uint64_t now = uv_now(&delegator->runtime->loop);
+    call->resend_at = now + RETURN_PAUSE_MS;
+    if (!uv_is_active((uv_handle_t *)delegator->resend_timer))
+      uv_timer_start(delegator->resend_timer, on_resend, RETURN_PAUSE_MS, 0);
+    return;
+  }
   call->failed = 1;
   error_set(&call->error, ERR_NO_ROUTE,
             "no worker serves '%s': the broker returned the request (%d %s)", call->worker,
@@ -315,10 +399,15 @@ static int setup(void *owner, struct channel *channel, const struct channel_repl
                  struct ad_error *error) {
   struct delegator *delegator = owner;
   switch (reply->step) {
-    case STEP_OPEN: /* server-named, exclusive, auto-delete: legal on every RabbitMQ */
-      return channel_declare(channel, "", 0, 0, 1, 1, error);
+    case STEP_OPEN: { /* server-named, exclusive, auto-delete: legal on every RabbitMQ */
+      static const struct queue_spec reply_queue = {"", 0, 0, 1, 1, NULL};
+      return channel_declare(channel, &reply_queue, error);
+    }
     case STEP_DECLARE:
       delegator->reply_queue = reply->queue;
+      if (delegator->options.confirms) return channel_confirm(channel, error);
+      /* fall through */
+    case STEP_CONFIRM:
       return channel_consume(channel, &delegator->reply_queue, 1, 1, error);
     case STEP_CONSUME:
       return 1;
@@ -334,19 +423,44 @@ static void ready(void *owner) {
   send_held(delegator);
 }
 
-/* Calls whose request went out end: nobody can tell whether it ran. Those
- * still held wait for the next connection. */
-static void fail_sent(struct delegator *delegator, const char *code, const char *why) {
+/* The broker took the request (or refused it: nack). */
+static void confirmed(void *owner, uint64_t serial, int ack) {
+  struct delegator *delegator = owner;
+  struct call *call = find_unconfirmed(delegator, serial);
+  if (!call) return; /* answered or returned already */
+  unlink_unconfirmed(delegator, call);
+  if (ack) {
+    call->confirmed = 1;
+    return;
+  }
+  if (spend_retry(delegator, call)) {
+    send_held(delegator);
+    return;
+  }
+  delegator->stats.not_confirmed++;
+  fail_call(delegator, call, ERR_NOT_CONFIRMED, "call to '%s' ended: %s",
+            "the broker refused the request (nack)");
+}
+
+/* The connection died. Calls that may be re-sent wait for the next node;
+ * the others end now: NOT_CONFIRMED when the broker never said it had the
+ * request, CONNECTION_LOST when it had (it may run; its reply cannot reach
+ * us). Calls still held wait for the next connection. */
+static void lost(void *owner, const struct ad_error *error) {
+  struct delegator *delegator = owner;
   struct call *call = delegator->calls;
   while (call) {
     struct call *next = call->next;
-    if (call->sent) fail_call(delegator, call, code, "call to '%s' ended: %s", why);
+    if (call->sent && !spend_retry(delegator, call)) {
+      int taken = call->confirmed || !delegator->options.confirms;
+      if (!taken) delegator->stats.not_confirmed++;
+      fail_call(delegator, call, taken ? ERR_CONNECTION_LOST : ERR_NOT_CONFIRMED,
+                taken ? "call to '%s' ended: %s"
+                      : "call to '%s' ended before the broker confirmed the request: %s",
+                error->message);
+    }
     call = next;
   }
-}
-
-static void lost(void *owner, const struct ad_error *error) {
-  fail_sent(owner, ERR_CONNECTION_LOST, error->message);
 }
 
 static void begin_stop(void *owner) {
@@ -361,8 +475,8 @@ static int drained(void *owner) {
   return 1;
 }
 
-static const struct lifecycle_ops delegator_lifecycle = {setup, ready, lost, on_reply, on_return,
-                                                         begin_stop, drained, NULL};
+static const struct lifecycle_ops delegator_lifecycle = {
+    setup, NULL, ready, lost, on_reply, on_return, confirmed, begin_stop, drained, NULL};
 
 void delegator_init(struct delegator *delegator, struct runtime *runtime) {
   memset(delegator, 0, sizeof *delegator);
@@ -379,10 +493,12 @@ int delegator_start(struct delegator *delegator, lua_State *L, int self) {
     if (uv_random(NULL, NULL, delegator->random_state, sizeof delegator->random_state, 0,
                   NULL) != 0)
       error_object_raisef(L, ERR_CONNECTION_FAILED, "no randomness for correlation ids");
-    if (!delegator->deadline_timer) {
+    if (!delegator->deadline_timer)
       delegator->deadline_timer = runtime_timer_new(delegator->runtime, delegator);
-      if (!delegator->deadline_timer) return luaL_error(L, "out of memory");
-    }
+    if (!delegator->resend_timer)
+      delegator->resend_timer = runtime_timer_new(delegator->runtime, delegator);
+    if (!delegator->deadline_timer || !delegator->resend_timer)
+      return luaL_error(L, "out of memory");
   }
   return lifecycle_start(&delegator->lifecycle, L, self);
 }
@@ -399,6 +515,8 @@ void delegator_release(struct delegator *delegator) {
   lifecycle_release(&delegator->lifecycle);
   runtime_timer_free(delegator->deadline_timer);
   delegator->deadline_timer = NULL;
+  runtime_timer_free(delegator->resend_timer);
+  delegator->resend_timer = NULL;
   pending_calls_free(&delegator->pending);
 }
 

@@ -3,8 +3,12 @@
  * a call waits by yielding its fiber, or, from plain Lua, by running the
  * loop. A call made while the delegator is not connected (reconnecting) or
  * while the broker blocks publishing is held and sent once it can be,
- * within its timeout. Calls end with their reply, NO_ROUTE, TIMEOUT,
- * CONNECTION_LOST (sent, then the connection died) or STOPPED. */
+ * within its timeout. Requests go with publisher confirms: a call the broker
+ * did not take ends NOT_CONFIRMED, unless it may be re-sent (retry = n, for
+ * idempotent calls): then it goes again, through the next node when its
+ * node was lost. Calls end with their reply, NO_ROUTE, TIMEOUT,
+ * NOT_CONFIRMED, CONNECTION_LOST (taken, then the connection died) or
+ * STOPPED. */
 #ifndef AD_DELEGATOR_H
 #define AD_DELEGATOR_H
 
@@ -26,6 +30,8 @@
 struct delegator_options {
   int max_depth;
   double timeout; /* seconds; 0: calls wait as long as it takes */
+  int retry;      /* the calls' default number of re-sends (idempotent calls) */
+  int confirms;   /* publish requests with publisher confirms */
 };
 
 struct delegator;
@@ -34,9 +40,15 @@ struct delegator;
 struct call {
   struct delegator *delegator;
   struct call *previous, *next; /* in flight, ordered by deadline */
+  struct call *unconfirmed_previous, *unconfirmed_next; /* sent, not yet confirmed */
   struct pending_link link;     /* by correlation id, once sent */
   struct job done_job;          /* wakes its waiter from the loop's one place */
   int in_flight, sent, done;
+  int unconfirmed;              /* in the delegator's unconfirmed list */
+  int confirmed;                /* the broker took the request */
+  int retries_left;             /* re-sends allowed (nack, node lost, no route) */
+  uint64_t serial;              /* the request's confirm token */
+  uint64_t resend_at;           /* loop time (ms) a returned request goes again; 0: now */
   int anchor;                   /* registry reference while in flight */
   uint64_t deadline;            /* loop time in ms; UINT64_MAX: none */
   double timeout;
@@ -50,7 +62,8 @@ struct call {
 };
 
 struct delegator_stats {
-  unsigned long sent, replied, failed, timed_out, returned, unknown_replies;
+  unsigned long sent, replied, failed, timed_out, returned, unknown_replies, retried,
+      not_confirmed;
 };
 
 struct delegator {
@@ -60,6 +73,9 @@ struct delegator {
   struct short_string reply_queue;
   struct call *calls; /* in flight: head has the nearest deadline */
   struct call *last_call;
+  struct call *unconfirmed_first, *unconfirmed_last; /* in publish order */
+  uint64_t next_serial;
+  uv_timer_t *resend_timer; /* returned requests wait a moment before they go again */
   unsigned long in_flight;
   struct pending_calls pending;
   uv_timer_t *deadline_timer;
@@ -71,6 +87,7 @@ struct delegator {
 /* Per-call options; timeout < 0 means the delegator's. */
 struct call_options {
   double timeout;
+  int retry; /* < 0: the delegator's */
 };
 
 void delegator_init(struct delegator *delegator, struct runtime *runtime);

@@ -15,10 +15,12 @@
 #define FIRST_DELAY 0.1
 
 static void run_hooks(struct job *job);
+static void on_backoff(uv_timer_t *timer);
 static void on_reply(void *owner, const struct channel_reply *reply);
 static void on_message(void *owner, const struct message *message);
 static void on_return(void *owner, const struct message *message);
 static void on_closed(void *owner, const struct ad_error *error);
+static void on_confirm(void *owner, uint64_t token, int ack);
 static void stop_service(struct service *service);
 
 void lifecycle_init(struct lifecycle *lifecycle, struct runtime *runtime,
@@ -74,6 +76,70 @@ static void run_hooks(struct job *job) {
   }
 }
 
+/* ---- the brokers ---- */
+
+const struct amqp_url *lifecycle_url(const struct lifecycle *lifecycle) {
+  return &lifecycle->brokers.urls[lifecycle->order[lifecycle->position]];
+}
+
+static uint64_t mix(uint64_t x) { /* splitmix64's finalizer */
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/* One random seed per process: every owner with the same list gets the same
+ * order (they share a connection), other processes other orders (they
+ * spread over the nodes, as the Java client and pika shuffle). */
+static uint64_t process_seed(void) {
+  static uint64_t seed;
+  static int seeded;
+  if (!seeded && uv_random(NULL, NULL, &seed, sizeof seed, 0, NULL) != 0)
+    seed = (uint64_t)uv_hrtime() ^ (uint64_t)uv_os_getpid();
+  seeded = 1;
+  return seed;
+}
+
+static void shuffle_brokers(struct lifecycle *lifecycle) {
+  int count = lifecycle->brokers.count;
+  uint64_t state = process_seed();
+  for (int i = 0; i < count; i++) {
+    for (const char *c = lifecycle->brokers.urls[i].text; *c; c++)
+      state = mix(state ^ (unsigned char)*c);
+    lifecycle->order[i] = i;
+  }
+  for (int i = count - 1; i > 0; i--) { /* Fisher-Yates */
+    state = mix(state + 0x9e3779b97f4a7c15ULL);
+    int j = (int)(state % (uint64_t)(i + 1));
+    int kept = lifecycle->order[i];
+    lifecycle->order[i] = lifecycle->order[j];
+    lifecycle->order[j] = kept;
+  }
+}
+
+/* A round begins with a broker this process is connected to, if any. */
+static void choose_first_broker(struct lifecycle *lifecycle) {
+  lifecycle->position = 0;
+  lifecycle->round_failures = 0;
+  for (int i = 0; i < lifecycle->brokers.count; i++)
+    if (transport_has_connection(&lifecycle->runtime->loop,
+                                 &lifecycle->brokers.urls[lifecycle->order[i]],
+                                 &lifecycle->options)) {
+      lifecycle->position = i;
+      return;
+    }
+}
+
+/* The broker in use failed: 1 when another of this round is to be tried
+ * now, 0 when the whole round has failed (the next round starts with the
+ * next broker). */
+static int next_broker(struct lifecycle *lifecycle) {
+  lifecycle->position = (lifecycle->position + 1) % lifecycle->brokers.count;
+  if (++lifecycle->round_failures < lifecycle->brokers.count) return 1;
+  lifecycle->round_failures = 0;
+  return 0;
+}
+
 /* ---- the channel ---- */
 
 static void drop_channel(struct lifecycle *lifecycle) {
@@ -85,12 +151,12 @@ static void drop_channel(struct lifecycle *lifecycle) {
 static void on_setup_deadline(uv_timer_t *timer);
 
 static int open_channel(struct lifecycle *lifecycle, struct ad_error *error) {
-  static const struct channel_handler template = {on_reply, on_message, on_return, on_closed,
-                                                  NULL, NULL};
+  static const struct channel_handler template = {on_reply,  on_message, on_return,
+                                                  on_closed, NULL,       on_confirm, NULL};
   struct channel_handler handler = template;
   handler.owner = lifecycle;
   lifecycle->state = LIFECYCLE_STARTING;
-  lifecycle->channel = channel_open(&lifecycle->runtime->loop, &lifecycle->url,
+  lifecycle->channel = channel_open(&lifecycle->runtime->loop, lifecycle_url(lifecycle),
                                     &lifecycle->options, &handler);
   if (!lifecycle->channel) {
     error_set(error, ERR_CONNECTION_FAILED, "%s: out of memory", lifecycle->label);
@@ -145,6 +211,12 @@ static void on_backoff(uv_timer_t *timer) {
   }
 }
 
+/* At once, but from the loop: never inside a transport callback. */
+static void retry_now(struct lifecycle *lifecycle) {
+  lifecycle->state = LIFECYCLE_BACKOFF;
+  uv_timer_start(lifecycle->timer, on_backoff, 0, 0);
+}
+
 static void schedule_backoff(struct lifecycle *lifecycle) {
   lifecycle->state = LIFECYCLE_BACKOFF;
   uv_timer_start(lifecycle->timer, on_backoff, runtime_milliseconds(lifecycle->delay), 0);
@@ -169,15 +241,23 @@ static void log_attempt_failed(struct lifecycle *lifecycle, const struct ad_erro
 
 /* ---- events ---- */
 
+/* The first start tries each broker once; later attempts go round them,
+ * backing off after each whole round. */
 static void setup_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
   drop_channel(lifecycle);
-  if (lifecycle->first_start) {
+  int another = next_broker(lifecycle);
+  if (lifecycle->first_start && !another) {
     become_stopped(lifecycle, 0);
     end_start(lifecycle, error);
     return;
   }
-  log_attempt_failed(lifecycle, error);
-  schedule_backoff(lifecycle);
+  if (lifecycle->first_start)
+    log_line(LOG_WARN, "%s: %s: %s (trying %s next)", lifecycle->label, error->code,
+             error->message, lifecycle_url(lifecycle)->redacted);
+  else
+    log_attempt_failed(lifecycle, error);
+  if (another) retry_now(lifecycle);
+  else schedule_backoff(lifecycle);
 }
 
 static void become_ready(struct lifecycle *lifecycle) {
@@ -192,6 +272,7 @@ static void become_ready(struct lifecycle *lifecycle) {
              channel_endpoint(lifecycle->channel), lifecycle->attempts);
   }
   lifecycle->attempts = 0;
+  lifecycle->round_failures = 0;
   lifecycle->last_logged.code[0] = '\0';
   lifecycle->ops->ready(lifecycle->owner);
 }
@@ -204,7 +285,7 @@ static void on_setup_deadline(uv_timer_t *timer) {
             "%s: not ready within connect_timeout (%g s) at %s (%s): no end to %s",
             lifecycle->label, lifecycle->options.connect_timeout,
             lifecycle->channel ? channel_endpoint(lifecycle->channel) : "?",
-            lifecycle->url.redacted,
+            lifecycle_url(lifecycle)->redacted,
             lifecycle->channel ? channel_waiting_for(lifecycle->channel) : "?");
   setup_failed(lifecycle, &error);
 }
@@ -228,11 +309,22 @@ static void on_return(void *owner, const struct message *message) {
   if (lifecycle->ops->returned) lifecycle->ops->returned(lifecycle->owner, message);
 }
 
+static void on_confirm(void *owner, uint64_t token, int ack) {
+  struct lifecycle *lifecycle = owner;
+  if (lifecycle->ops->confirmed) lifecycle->ops->confirmed(lifecycle->owner, token, ack);
+}
+
 static void on_closed(void *owner, const struct ad_error *error) {
   struct lifecycle *lifecycle = owner;
   struct ad_error labelled = *error;
   switch (lifecycle->state) {
     case LIFECYCLE_STARTING:
+      if (lifecycle->ops->setup_closed &&
+          lifecycle->ops->setup_closed(lifecycle->owner, &labelled)) {
+        drop_channel(lifecycle); /* a new channel on the same node */
+        retry_now(lifecycle);
+        return;
+      }
       setup_failed(lifecycle, &labelled);
       return;
     case LIFECYCLE_READY:
@@ -241,7 +333,8 @@ static void on_closed(void *owner, const struct ad_error *error) {
       lifecycle->ops->lost(lifecycle->owner, &labelled);
       if (lifecycle->reconnect_max > 0) {
         queue_hooks(lifecycle, &labelled, 1);
-        schedule_backoff(lifecycle);
+        if (next_broker(lifecycle)) retry_now(lifecycle); /* fail over at once */
+        else schedule_backoff(lifecycle);
       } else {
         queue_hooks(lifecycle, &labelled, 1);
         lifecycle->was_open = 0; /* on_close is due already */
@@ -293,6 +386,8 @@ int lifecycle_start(struct lifecycle *lifecycle, lua_State *L, int self) {
   lifecycle->attempts = 0;
   lifecycle->delay = FIRST_DELAY;
   lifecycle->last_logged.code[0] = '\0';
+  shuffle_brokers(lifecycle);
+  choose_first_broker(lifecycle);
   if (lifecycle->is_service) runtime_add_service(lifecycle->runtime, &lifecycle->service);
   struct ad_error error;
   if (open_channel(lifecycle, &error) != 0) {
@@ -330,7 +425,8 @@ void lifecycle_check_drained(struct lifecycle *lifecycle) {
 }
 
 static void begin_stop(struct lifecycle *lifecycle) {
-  if (lifecycle->state == LIFECYCLE_STARTING && lifecycle->first_start) {
+  if ((lifecycle->state == LIFECYCLE_STARTING || lifecycle->state == LIFECYCLE_BACKOFF) &&
+      lifecycle->first_start) {
     struct ad_error error;
     error_set(&error, ERR_STOPPED, "%s was stopped while starting", lifecycle->label);
     become_stopped(lifecycle, 0);
@@ -370,6 +466,7 @@ void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L) {
 }
 
 void lifecycle_release(struct lifecycle *lifecycle) {
+  url_list_free(&lifecycle->brokers);
   if (lifecycle->channel) channel_release(lifecycle->channel);
   lifecycle->channel = NULL;
   lifecycle->state = LIFECYCLE_STOPPED;

@@ -4,6 +4,12 @@
  *   bounded by connect_timeout) -> ready -> lost -> backoff -> starting ...
  *   ready -> stopping (the owner drains) -> stopped
  *
+ * With several brokers (a cluster) it connects to one of them, in an order
+ * shuffled once per process and list (so owners with the same list share a
+ * connection, as different processes spread over the nodes), fails over to
+ * the next at once when its node is lost or refuses, and backs off only
+ * after a whole round has failed.
+ *
  * It anchors the owner's userdata while it is not stopped, runs the hooks
  * (on_error, on_close) from the job queue once the state is consistent, and
  * makes start() and stop() waits that work from plain Lua, a task or a hook.
@@ -31,12 +37,18 @@ struct lifecycle_ops {
    * the owner is ready, -1 with error set. */
   int (*setup)(void *owner, struct channel *channel, const struct channel_reply *reply,
                struct ad_error *error);
+  /* May be NULL. Starting: the broker closed the channel (error). Returns 1
+   * to open a new channel on the same node at once (the owner asked a
+   * question whose "no" closes the channel: a passive declare), else 0; it
+   * may add advice to the error. */
+  int (*setup_closed)(void *owner, struct ad_error *error);
   void (*ready)(void *owner);
   /* The channel is gone (error) or being given up (stop): what depended on
    * it ends now. */
   void (*lost)(void *owner, const struct ad_error *error);
   void (*message)(void *owner, const struct message *message);
   void (*returned)(void *owner, const struct message *message); /* may be NULL */
+  void (*confirmed)(void *owner, uint64_t token, int ack);        /* may be NULL */
   /* Stopping: begin (cancel the consumer, end the calls), then 1 once
    * nothing is left in hand. */
   void (*begin_stop)(void *owner);
@@ -50,7 +62,10 @@ struct lifecycle {
   void *owner;
   char label[300]; /* "worker 'adder'", "delegator": logs and errors */
   enum lifecycle_state state;
-  struct amqp_url url;
+  struct url_list brokers; /* at least one, set by the binding */
+  int order[URL_LIST_MAX]; /* the brokers' shuffled order */
+  int position;            /* in order: the broker in use or being tried */
+  int round_failures;      /* brokers that failed in a row */
   struct connection_options options;
   double reconnect_max; /* seconds, the backoff cap; 0: a loss stops it */
   int on_error_slot, on_close_slot; /* user values of the owner holding the hooks */
@@ -92,6 +107,9 @@ static inline struct channel *lifecycle_channel(const struct lifecycle *lifecycl
              ? lifecycle->channel
              : NULL;
 }
+
+/* The broker in use (or being tried). */
+const struct amqp_url *lifecycle_url(const struct lifecycle *lifecycle);
 
 /* "stopped", "starting", `ready`, "reconnecting" or "stopping" */
 const char *lifecycle_state_name(const struct lifecycle *lifecycle, const char *ready);

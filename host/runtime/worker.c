@@ -24,6 +24,8 @@ struct task_context {
   unsigned generation; /* the channel that delivered it: tags are per channel */
   struct short_string correlation_id, reply_to;
   int failed;         /* the reply buffer holds an error reply */
+  int over_limit;     /* delivered more often than delivery_limit: refused, not run */
+  long previous_deliveries;
   size_t oversized;   /* the request's size when over the limit (body dropped) */
   size_t body_length;
   char body[];        /* the request, decoded inside the fiber */
@@ -127,12 +129,14 @@ static int task_body(lua_State *L) {
 
 /* ---- answering ---- */
 
+/* requeue < 0: ack; 1: give it back (not a failure); 0: refuse it for good. */
 static void settle(struct worker *worker, uint64_t delivery_tag, int requeue) {
   struct ad_error error;
   struct channel *channel = lifecycle_channel(&worker->lifecycle);
   if (!channel) return;
-  int status = requeue < 0 ? channel_ack(channel, delivery_tag, &error)
-                           : channel_reject(channel, delivery_tag, requeue, &error);
+  int status = requeue < 0  ? channel_ack(channel, delivery_tag, &error)
+               : requeue    ? channel_requeue(channel, delivery_tag, &error)
+                            : channel_reject(channel, delivery_tag, 0, &error);
   if (status < 0)
     log_line(LOG_WARN, "worker '%s': %s: %s (the broker will redeliver it)", worker->name,
              error.code, error.message);
@@ -198,14 +202,14 @@ static void request_done(struct worker *worker) {
   lifecycle_check_drained(&worker->lifecycle);
 }
 
-static void task_finished(struct fiber *fiber, int status) {
-  struct task_context *context = fiber_context(fiber);
+/* Publishes the reply buffer to the caller. The request is acked once the
+ * broker confirmed the reply (or at once without confirms): a reply lost
+ * with a node leaves its request in the queue, to be answered again. */
+static void send_reply(struct task_context *context) {
   struct worker *worker = context->worker;
-  if (status != LUA_OK) reply_fiber_failure(fiber, context);
-  if (!context->failed) check_reply_size(context);
   struct publish reply = {context->reply_to.bytes, &context->correlation_id, NULL,
                           context->failed ? ERROR_REPLY_TYPE : NULL, NULL, worker->reply.data,
-                          worker->reply.length, 0};
+                          worker->reply.length, 0, context->delivery_tag};
   struct ad_error error;
   struct channel *channel = lifecycle_channel(&worker->lifecycle);
   if (!channel || context->generation != worker->generation)
@@ -213,10 +217,35 @@ static void task_finished(struct fiber *fiber, int status) {
              "was lost (the broker redelivers it)", worker->name);
   else if (channel_publish(channel, &reply, &error) < 0)
     log_line(LOG_WARN, "worker '%s': cannot reply: %s", worker->name, error.message);
+  else if (worker->options.confirms)
+    worker->unconfirmed++;
   else
     settle(worker, context->delivery_tag, -1);
+}
+
+static void task_finished(struct fiber *fiber, int status) {
+  struct task_context *context = fiber_context(fiber);
+  struct worker *worker = context->worker;
+  if (status != LUA_OK) reply_fiber_failure(fiber, context);
+  if (!context->failed) check_reply_size(context);
+  send_reply(context);
   worker->served++;
   request_done(worker);
+}
+
+/* The request came too often: its caller hears why instead of a loop. */
+static void refuse_over_limit(struct task_context *request) {
+  struct worker *worker = request->worker;
+  struct ad_error error;
+  error_set(&error, ERR_DELIVERY_LIMIT,
+            "request for '%s' refused: it was delivered %ld time(s) before without an answer "
+            "(delivery_limit %d); a task that cannot finish, or a host that dies running it",
+            worker->name, request->previous_deliveries, worker->options.delivery_limit);
+  log_line(LOG_WARN, "worker '%s': %s: correlation id %s: %s", worker->name, error.code,
+           request->correlation_id.bytes, error.message);
+  reply_with_error(request, &error);
+  send_reply(request);
+  worker->refused_over_limit++;
 }
 
 /* ---- taking requests ---- */
@@ -259,6 +288,12 @@ static void run_request(struct job *job) {
     request_done(worker);
     return;
   }
+  if (request->over_limit) {
+    refuse_over_limit(request);
+    free(request);
+    request_done(worker);
+    return;
+  }
   struct task_start start = {request, NULL};
   if (runtime_protected(worker->runtime, start_task, &start, worker->name) != 0) {
     settle(worker, request->delivery_tag, 1);
@@ -282,6 +317,34 @@ static int unanswerable(struct worker *worker, const struct message *message) {
   return 1;
 }
 
+static uint64_t request_key(const struct message *message) {
+  uint64_t hash = 1469598103934665603ULL; /* FNV-1a */
+  const struct short_string *parts[] = {&message->correlation_id, &message->reply_to};
+  for (int i = 0; i < 2; i++)
+    for (size_t j = 0; j <= parts[i]->length; j++)
+      hash = (hash ^ (unsigned char)parts[i]->bytes[j]) * 1099511628211ULL;
+  return hash;
+}
+
+/* How often the request was delivered before: the queue's own count when it
+ * keeps one (quorum), else the redeliveries this host has seen (classic
+ * queues only flag a redelivery). */
+static long previous_deliveries(struct worker *worker, const struct message *message) {
+  if (message->delivery_count >= 0) return message->delivery_count;
+  if (!message->redelivered) return 0;
+  if (!worker->redeliveries) {
+    worker->redeliveries = calloc(REDELIVERY_SLOTS, sizeof *worker->redeliveries);
+    if (!worker->redeliveries) return 1;
+  }
+  uint64_t key = request_key(message);
+  struct redelivery_count *slot = &worker->redeliveries[key % REDELIVERY_SLOTS];
+  if (slot->key != key) {
+    slot->key = key;
+    slot->count = 0;
+  }
+  return (long)++slot->count;
+}
+
 static void on_request(void *owner, const struct message *message) {
   struct worker *worker = owner;
   if (worker->lifecycle.state != LIFECYCLE_READY) {
@@ -303,6 +366,9 @@ static void on_request(void *owner, const struct message *message) {
   request->correlation_id = message->correlation_id;
   request->reply_to = message->reply_to;
   request->oversized = message->body_too_large ? message->body_length : 0;
+  request->previous_deliveries = previous_deliveries(worker, message);
+  request->over_limit = worker->options.delivery_limit > 0 &&
+                        request->previous_deliveries >= worker->options.delivery_limit;
   request->body_length = kept;
   if (kept) memcpy(request->body, message->body, kept);
   worker->in_flight++;
@@ -311,15 +377,35 @@ static void on_request(void *owner, const struct message *message) {
 
 /* ---- the lifecycle's callbacks ---- */
 
+/* First a passive declare: a queue that exists (made by an operator, a Node
+ * worker or another host, whatever its type and flags) is consumed as it
+ * is; only when there is none does the worker declare its own. */
+static int declare(struct worker *worker, struct channel *channel, struct ad_error *error) {
+  const struct worker_queue *queue = &worker->options.queue;
+  int quorum = queue->type && strcmp(queue->type, "quorum") == 0;
+  struct queue_spec spec = {worker->name, !worker->declare_queue, quorum || queue->durable, 0,
+                            0, queue->type};
+  worker->probing = spec.passive;
+  worker->declare_queue = 0; /* one try: a later attempt asks again */
+  return channel_declare(channel, &spec, error);
+}
+
 static int setup(void *owner, struct channel *channel, const struct channel_reply *reply,
                  struct ad_error *error) {
   struct worker *worker = owner;
   switch (reply->step) {
     case STEP_OPEN:
-      return channel_declare(channel, worker->name, 0, 0, 0, 0, error);
+      return declare(worker, channel, error);
     case STEP_DECLARE:
+      log_line(LOG_DEBUG, "worker '%s': queue %s (%u waiting, %u consumer(s))", worker->name,
+               worker->probing ? "exists" : "declared", reply->message_count,
+               reply->consumer_count);
+      worker->probing = 0;
       return channel_qos(channel, worker->options.prefetch, error);
-    case STEP_QOS: {
+    case STEP_QOS:
+      if (worker->options.confirms) return channel_confirm(channel, error);
+      /* fall through */
+    case STEP_CONFIRM: {
       struct short_string queue;
       short_string_set(&queue, worker->name, strlen(worker->name));
       return channel_consume(channel, &queue, 0, 0, error);
@@ -330,6 +416,38 @@ static int setup(void *owner, struct channel *channel, const struct channel_repl
     default:
       return 0;
   }
+}
+
+#define TRANSIENT_QUEUE_ADVICE                                                             \
+  " (RabbitMQ 4.3 and later refuse the Node protocol's transient queue: give the worker "  \
+  "queue = {type = \"quorum\"} or queue = {durable = true}, or run --queue-type quorum)"
+
+/* The passive declare's "no" (404) closes the channel: declare it on a new
+ * one. A refused transient queue says what to set. */
+static int setup_closed(void *owner, struct ad_error *error) {
+  struct worker *worker = owner;
+  int was_probing = worker->probing;
+  worker->probing = 0;
+  if (was_probing && strcmp(error->code, ERR_NOT_FOUND) == 0) {
+    worker->declare_queue = 1;
+    return 1;
+  }
+  if (strstr(error->message, "transient_nonexcl_queues")) {
+    size_t used = strlen(error->message);
+    snprintf(error->message + used, sizeof error->message - used, "%s", TRANSIENT_QUEUE_ADVICE);
+  }
+  return 0;
+}
+
+/* The reply of the request tagged `token` was confirmed (or refused). */
+static void confirmed(void *owner, uint64_t token, int ack) {
+  struct worker *worker = owner;
+  worker->unconfirmed--;
+  if (!ack)
+    log_line(LOG_WARN, "worker '%s': the broker refused a reply (nack): its request goes back "
+             "to the queue", worker->name);
+  settle(worker, token, ack ? -1 : 1);
+  lifecycle_check_drained(&worker->lifecycle);
 }
 
 static void ready(void *owner) {
@@ -345,6 +463,8 @@ static void lost(void *owner, const struct ad_error *error) {
   (void)error;
   struct worker *worker = owner;
   worker->generation++;
+  worker->unconfirmed = 0; /* their requests are redelivered */
+  worker->probing = 0;
 }
 
 /* A cancel stops new deliveries while the tasks in hand still answer and
@@ -360,7 +480,10 @@ static void begin_stop(void *owner) {
     log_line(LOG_WARN, "worker '%s': %s", worker->name, error.message);
 }
 
-static int drained(void *owner) { return ((struct worker *)owner)->in_flight == 0; }
+static int drained(void *owner) {
+  const struct worker *worker = owner;
+  return worker->in_flight == 0 && worker->unconfirmed == 0;
+}
 
 static void stopped(void *owner) {
   struct worker *worker = owner;
@@ -368,8 +491,8 @@ static void stopped(void *owner) {
            worker->served, worker->failed);
 }
 
-static const struct lifecycle_ops worker_lifecycle = {setup, ready, lost, on_request, NULL,
-                                                      begin_stop, drained, stopped};
+static const struct lifecycle_ops worker_lifecycle = {
+    setup, setup_closed, ready, lost, on_request, NULL, confirmed, begin_stop, drained, stopped};
 
 void worker_init(struct worker *worker, struct runtime *runtime) {
   memset(worker, 0, sizeof *worker);
@@ -389,4 +512,6 @@ void worker_stop(struct worker *worker, lua_State *L) { lifecycle_stop(&worker->
 void worker_release(struct worker *worker) {
   lifecycle_release(&worker->lifecycle);
   byte_buffer_free(&worker->reply);
+  free(worker->redeliveries);
+  worker->redeliveries = NULL;
 }

@@ -22,9 +22,30 @@
  * read only the body, ours raise the error it carries. */
 #define ERROR_REPLY_TYPE "error"
 
+/* The worker's queue. The default is the Node protocol's: a classic queue,
+ * not durable, not exclusive, not auto-deleted (which RabbitMQ 4.3 refuses
+ * by default). Either way a queue that exists already is used as it is. */
+struct worker_queue {
+  const char *type; /* NULL (the default), "classic" or "quorum" */
+  int durable;      /* quorum queues always are */
+};
+
 struct worker_options {
   int prefetch;
   int max_depth;
+  struct worker_queue queue;
+  int delivery_limit; /* earlier deliveries after which a request is refused; 0: none */
+  int confirms;       /* ack a request only once the broker confirmed its reply */
+};
+
+/* Redeliveries this host saw, for queues that do not count them (classic):
+ * a small table keyed by a hash of correlation id and reply_to, where a
+ * collision only forgets a count. */
+#define REDELIVERY_SLOTS 1024
+
+struct redelivery_count {
+  uint64_t key;
+  uint32_t count;
 };
 
 struct worker {
@@ -35,8 +56,12 @@ struct worker {
   unsigned generation; /* counts channels: a task's reply goes only to its own */
   struct short_string consumer_tag;
   int in_flight;       /* requests taken and not yet answered (queued or running) */
+  int unconfirmed;     /* replies sent, waiting for the broker's confirm before the ack */
+  int probing;         /* setup: the passive declare is under way */
+  int declare_queue;   /* setup: the passive declare said there is none: make it */
+  struct redelivery_count *redeliveries; /* allocated at the first redelivery */
   byte_buffer reply;
-  unsigned long served, failed;
+  unsigned long served, failed, refused_over_limit;
 };
 
 void worker_init(struct worker *worker, struct runtime *runtime);

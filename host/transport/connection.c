@@ -20,6 +20,7 @@
 
 #include "amqp_errors.h"
 #include "byte_buffer.h"
+#include "confirm_ring.h"
 #include "log.h"
 #include "tcp_connect.h"
 
@@ -45,6 +46,7 @@ struct held_publish {
   uint64_t ack_tag; /* an ack held behind the publishes before it, when is_ack */
   int is_ack;
   uint64_t expires_at; /* loop time (ms) its expiration ends, when has_expiration */
+  uint64_t token;      /* for on_confirm */
   struct short_string correlation_id;
   int mandatory;
   size_t routing_key_length, reply_to_length, type_length, expiration_length, body_length;
@@ -72,6 +74,8 @@ struct channel {
   struct message incoming;
   byte_buffer body;
   struct held_publish *held_first, *held_last;
+  int confirming; /* confirm.select-ok came: publishes go into unconfirmed */
+  struct confirm_ring unconfirmed;
   struct channel *next;
 };
 
@@ -123,8 +127,9 @@ void short_string_set(struct short_string *target, const void *bytes, size_t len
 }
 
 static const char *step_name(enum channel_step step) {
-  static const char *const names[] = {"opening a channel", "declaring a queue",
-                                      "setting prefetch", "consuming", "cancelling the consumer"};
+  static const char *const names[] = {"opening a channel",      "declaring a queue",
+                                      "setting prefetch",       "consuming",
+                                      "cancelling the consumer", "selecting publisher confirms"};
   return names[step];
 }
 
@@ -205,6 +210,7 @@ static void channel_free(struct channel *channel) {
   if (channel->number && connection->by_number[channel->number] == channel)
     connection->by_number[channel->number] = NULL;
   free_held(channel);
+  confirm_ring_free(&channel->unconfirmed);
   byte_buffer_free(&channel->body);
   free(channel);
 }
@@ -352,16 +358,23 @@ static int send_request(struct channel *channel, amqp_method_number_t method, vo
                      doing, error);
 }
 
-int channel_declare(struct channel *channel, const char *queue, int passive, int durable,
-                    int exclusive, int auto_delete, struct ad_error *error) {
+int channel_declare(struct channel *channel, const struct queue_spec *queue,
+                    struct ad_error *error) {
   amqp_queue_declare_t declare;
   memset(&declare, 0, sizeof declare);
-  declare.queue = amqp_cstring_bytes(queue);
-  declare.passive = (amqp_boolean_t)passive;
-  declare.durable = (amqp_boolean_t)durable;
-  declare.exclusive = (amqp_boolean_t)exclusive;
-  declare.auto_delete = (amqp_boolean_t)auto_delete;
+  declare.queue = amqp_cstring_bytes(queue->name);
+  declare.passive = (amqp_boolean_t)queue->passive;
+  declare.durable = (amqp_boolean_t)queue->durable;
+  declare.exclusive = (amqp_boolean_t)queue->exclusive;
+  declare.auto_delete = (amqp_boolean_t)queue->auto_delete;
+  amqp_table_entry_t type = {amqp_cstring_bytes("x-queue-type"),
+                             {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_empty_bytes}}};
   declare.arguments = amqp_empty_table;
+  if (queue->type && !queue->passive) {
+    type.value.value.bytes = amqp_cstring_bytes(queue->type);
+    declare.arguments.num_entries = 1;
+    declare.arguments.entries = &type;
+  }
   return send_request(channel, AMQP_QUEUE_DECLARE_METHOD, &declare, AMQP_QUEUE_DECLARE_OK_METHOD,
                       STEP_DECLARE, "declaring a queue", error);
 }
@@ -383,6 +396,13 @@ int channel_consume(struct channel *channel, const struct short_string *queue, i
   consume.arguments = amqp_empty_table;
   return send_request(channel, AMQP_BASIC_CONSUME_METHOD, &consume,
                       AMQP_BASIC_CONSUME_OK_METHOD, STEP_CONSUME, "consuming", error);
+}
+
+int channel_confirm(struct channel *channel, struct ad_error *error) {
+  amqp_confirm_select_t select = {0};
+  return send_request(channel, AMQP_CONFIRM_SELECT_METHOD, &select,
+                      AMQP_CONFIRM_SELECT_OK_METHOD, STEP_CONFIRM,
+                      "selecting publisher confirms", error);
 }
 
 int channel_cancel(struct channel *channel, const struct short_string *consumer_tag,
@@ -413,10 +433,16 @@ static int publish_now(struct channel *channel, const struct publish *publish,
     properties.type = amqp_cstring_bytes(publish->type);
   }
   amqp_bytes_t body = {publish->body_length, (void *)publish->body};
+  if (channel->confirming && confirm_ring_reserve(&channel->unconfirmed) != 0) {
+    error_set(error, ERR_CONNECTION_LOST, "out of memory for an unconfirmed publish");
+    return -1;
+  }
   int status = amqp_basic_publish(channel->connection->amqp, (amqp_channel_t)channel->number,
                                   amqp_empty_bytes, amqp_cstring_bytes(publish->routing_key),
                                   publish->mandatory, 0, &properties, body);
-  return send_status(channel->connection, status, "publishing", error);
+  if (send_status(channel->connection, status, "publishing", error) != 0) return -1;
+  if (channel->confirming) confirm_ring_push(&channel->unconfirmed, publish->token);
+  return 0;
 }
 
 static char *append_text(char *out, const char *text, size_t *length, int *present) {
@@ -467,6 +493,7 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
   held->body_length = publish->body_length;
   held->correlation_id = *publish->correlation_id;
   held->mandatory = publish->mandatory;
+  held->token = publish->token;
   held->is_ack = 0;
   if (publish->expiration)
     held->expires_at = uv_now(channel->connection->loop) + strtoull(publish->expiration, NULL, 10);
@@ -496,7 +523,7 @@ static int send_held(struct channel *channel, struct held_publish *held, struct 
   struct publish publish = {routing_key, &held->correlation_id,
                             held->has_reply_to ? reply_to : NULL, held->has_type ? type : NULL,
                             held->has_expiration ? left : NULL, body, held->body_length,
-                            held->mandatory};
+                            held->mandatory, held->token};
   return publish_now(channel, &publish, error);
 }
 
@@ -541,6 +568,14 @@ int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
                      "rejecting", error);
 }
 
+int channel_requeue(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
+  if (require_open(channel, error) != 0) return -1;
+  return send_status(channel->connection,
+                     amqp_basic_nack(channel->connection->amqp, (amqp_channel_t)channel->number,
+                                     delivery_tag, 0, 1),
+                     "giving back a delivery", error);
+}
+
 int channel_is_open(const struct channel *channel) {
   return channel->state == CHANNEL_OPEN && channel->connection->state == CONNECTION_OPEN;
 }
@@ -551,7 +586,8 @@ const char *channel_waiting_for(const struct channel *channel) {
   static const char *const steps[] = {
       "the broker's answer to opening a channel", "the broker's answer to declaring a queue",
       "the broker's answer to setting prefetch", "the broker's answer to consuming",
-      "the broker's answer to cancelling the consumer"};
+      "the broker's answer to cancelling the consumer",
+      "the broker's answer to selecting publisher confirms"};
   static const char *const stages[] = {"a free thread for the TCP connect, TLS and login",
                                        "the TCP connect or TLS", "the login"};
   const struct handshake *handshake = channel->connection->handshake;
@@ -585,6 +621,7 @@ static void start_message(struct channel *channel, int is_return) {
   struct message *message = &channel->incoming;
   message->delivery_tag = 0;
   message->redelivered = 0;
+  message->delivery_count = -1;
   message->body_too_large = 0;
   message->return_code = 0;
   message->return_text.present = 0;
@@ -592,6 +629,29 @@ static void start_message(struct channel *channel, int is_return) {
   channel->incoming_is_return = is_return;
   channel->stage = STAGE_HEADER;
   byte_buffer_reset(&channel->body);
+}
+
+/* x-delivery-count, which quorum queues add on redelivery; -1 when absent. */
+static long delivery_count(const amqp_table_t *headers) {
+  static const char name[] = "x-delivery-count";
+  for (int i = 0; i < headers->num_entries; i++) {
+    const amqp_table_entry_t *entry = &headers->entries[i];
+    if (entry->key.len != sizeof name - 1 || memcmp(entry->key.bytes, name, sizeof name - 1))
+      continue;
+    const amqp_field_value_t *value = &entry->value;
+    switch (value->kind) {
+      case AMQP_FIELD_KIND_I8: return value->value.i8;
+      case AMQP_FIELD_KIND_U8: return value->value.u8;
+      case AMQP_FIELD_KIND_I16: return value->value.i16;
+      case AMQP_FIELD_KIND_U16: return value->value.u16;
+      case AMQP_FIELD_KIND_I32: return value->value.i32;
+      case AMQP_FIELD_KIND_U32: return (long)value->value.u32;
+      case AMQP_FIELD_KIND_I64: return (long)value->value.i64;
+      case AMQP_FIELD_KIND_U64: return (long)value->value.u64;
+      default: return -1;
+    }
+  }
+  return -1;
 }
 
 static void on_header(struct channel *channel, const amqp_frame_t *frame) {
@@ -602,6 +662,9 @@ static void on_header(struct channel *channel, const amqp_frame_t *frame) {
   copy_property(&message->reply_to, properties->_flags, AMQP_BASIC_REPLY_TO_FLAG,
                 properties->reply_to);
   copy_property(&message->type, properties->_flags, AMQP_BASIC_TYPE_FLAG, properties->type);
+  message->delivery_count = -1;
+  if (properties->_flags & AMQP_BASIC_HEADERS_FLAG)
+    message->delivery_count = delivery_count(&properties->headers);
   channel->body_expected = frame->payload.properties.body_size;
   message->body_too_large = channel->body_expected > channel->max_body;
   channel->stage = STAGE_BODY;
@@ -645,6 +708,7 @@ static void deliver_reply(struct channel *channel, const amqp_method_t *method) 
   }
   channel->awaited_method = 0;
   if (method->id == AMQP_CHANNEL_OPEN_OK_METHOD) channel->state = CHANNEL_OPEN;
+  if (method->id == AMQP_CONFIRM_SELECT_OK_METHOD) channel->confirming = 1;
   if (!channel->released && channel->handler.on_reply)
     channel->handler.on_reply(channel->handler.owner, &reply);
 }
@@ -654,6 +718,25 @@ static void channel_failed(struct channel *channel, const struct ad_error *error
   if (channel->released) return;
   channel->notified = 1;
   channel->handler.on_closed(channel->handler.owner, error);
+}
+
+struct confirmation {
+  struct channel *channel;
+  int ack;
+};
+
+static void settle_confirmed(void *data, uint64_t token) {
+  struct confirmation *confirmation = data;
+  struct channel *channel = confirmation->channel;
+  if (!channel->released && channel->handler.on_confirm)
+    channel->handler.on_confirm(channel->handler.owner, token, confirmation->ack);
+}
+
+static void confirmed(struct channel *channel, uint64_t sequence, int multiple, int ack) {
+  if (!channel->confirming || channel->state != CHANNEL_OPEN) return;
+  struct confirmation confirmation = {channel, ack};
+  confirm_ring_settle(&channel->unconfirmed, sequence, multiple, settle_confirmed,
+                      &confirmation);
 }
 
 static int on_channel_method(struct channel *channel, const amqp_method_t *method) {
@@ -695,6 +778,16 @@ static int on_channel_method(struct channel *channel, const amqp_method_t *metho
     case AMQP_CHANNEL_CLOSE_OK_METHOD:
       if (channel->state == CHANNEL_CLOSING) channel_free(channel);
       return 0;
+    case AMQP_BASIC_ACK_METHOD: {
+      const amqp_basic_ack_t *ack = method->decoded;
+      confirmed(channel, ack->delivery_tag, ack->multiple, 1);
+      return 0;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+      const amqp_basic_nack_t *nack = method->decoded;
+      confirmed(channel, nack->delivery_tag, nack->multiple, 0);
+      return 0;
+    }
     case AMQP_BASIC_CANCEL_METHOD:
       if (channel->state == CHANNEL_OPEN) {
         error_from_close_method(&error, method, connection->endpoint);
@@ -847,6 +940,11 @@ void transport_shutdown(uv_loop_t *loop) {
       break;
     }
   }
+}
+
+int transport_has_connection(uv_loop_t *loop, const struct amqp_url *url,
+                             const struct connection_options *options) {
+  return find_shared(loop, url, options) != NULL;
 }
 
 void transport_poll(uv_loop_t *loop) {
@@ -1138,6 +1236,7 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
   channel->handler = *handler;
   channel->state = CHANNEL_WAITING;
   channel->max_body = options->max_body;
+  confirm_ring_init(&channel->unconfirmed);
   byte_buffer_init(&channel->body);
   channel->next = connection->channels;
   connection->channels = channel;

@@ -30,6 +30,7 @@ void short_string_set(struct short_string *target, const void *bytes, size_t len
 struct message {
   uint64_t delivery_tag;
   int redelivered;
+  long delivery_count; /* x-delivery-count (quorum queues): earlier deliveries; -1: absent */
   struct short_string correlation_id, reply_to, type;
   const char *body; /* NULL when the body was larger than the limit */
   size_t body_length;
@@ -63,7 +64,8 @@ enum channel_step {
   STEP_DECLARE, /* queue.declare-ok: queue, message_count, consumer_count */
   STEP_QOS,
   STEP_CONSUME, /* basic.consume-ok: consumer_tag */
-  STEP_CANCEL
+  STEP_CANCEL,
+  STEP_CONFIRM /* confirm.select-ok: publishes are confirmed from now on */
 };
 
 struct channel_reply {
@@ -82,6 +84,10 @@ struct channel_handler {
   void (*on_closed)(void *owner, const struct ad_error *error);
   /* The broker blocks (1) or unblocks (0) publishing (memory or disk alarm). */
   void (*on_blocked)(void *owner, int blocked);
+  /* In confirm mode: the broker took (ack 1) or refused (0) the publish
+   * that carried token. Publishes lost with the channel are never
+   * confirmed: on_closed tells. */
+  void (*on_confirm)(void *owner, uint64_t token, int ack);
   void *owner;
 };
 
@@ -94,6 +100,15 @@ struct publish {
   const char *body;
   size_t body_length;
   int mandatory;
+  uint64_t token; /* handed back by on_confirm */
+};
+
+/* What a queue declare asks for. */
+struct queue_spec {
+  const char *name; /* "": a server-named queue */
+  int passive;      /* only ask whether it exists (and its counts) */
+  int durable, exclusive, auto_delete;
+  const char *type; /* x-queue-type ("quorum", "classic"), NULL: none */
 };
 
 struct channel;
@@ -110,8 +125,10 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
 void channel_release(struct channel *channel);
 
 /* Requests; each answer arrives as on_reply. One at a time. */
-int channel_declare(struct channel *channel, const char *queue, int passive, int durable,
-                    int exclusive, int auto_delete, struct ad_error *error);
+int channel_declare(struct channel *channel, const struct queue_spec *queue,
+                    struct ad_error *error);
+/* Puts the channel in confirm mode (publisher confirms). */
+int channel_confirm(struct channel *channel, struct ad_error *error);
 int channel_qos(struct channel *channel, int prefetch, struct ad_error *error);
 int channel_consume(struct channel *channel, const struct short_string *queue, int no_ack,
                     int exclusive, struct ad_error *error);
@@ -125,6 +142,9 @@ int channel_publish(struct channel *channel, const struct publish *publish,
 int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error *error);
 int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
                    struct ad_error *error);
+/* Gives a delivery back without counting it as failed (basic.nack with
+ * requeue: RabbitMQ 4.3 raises x-delivery-count on basic.reject only). */
+int channel_requeue(struct channel *channel, uint64_t delivery_tag, struct ad_error *error);
 
 int channel_is_open(const struct channel *channel);
 int channel_is_blocked(const struct channel *channel);
@@ -134,6 +154,10 @@ const char *channel_waiting_for(const struct channel *channel);
 /* "host:port" of the broker */
 const char *channel_endpoint(const struct channel *channel);
 
+/* 1 when a connection to url with these options is open or opening, so a
+ * new owner can share it. */
+int transport_has_connection(uv_loop_t *loop, const struct amqp_url *url,
+                             const struct connection_options *options);
 /* Reads what the connections of this loop have received (used before a
  * plain Lua call after the loop was idle, so a dead connection is noticed
  * before a request is sent into it). */

@@ -41,7 +41,7 @@ static int next_password(const char *text, const char *stops, const char **start
 /* A URL alone ends its authority at / ? #; in free text, white space and
  * quotes end it too. */
 #define URL_STOPS "/?#"
-#define TEXT_STOPS "/?# \t\r\n'\"<>"
+#define TEXT_STOPS "/?#, \t\r\n'\"<>"
 
 /* every: all the URLs in text, else the first one only (a URL alone: one
  * stretch is masked, the one its parser reads as the password) */
@@ -117,4 +117,46 @@ void url_copy(struct amqp_url *to, const struct amqp_url *from) {
   for (int i = 0; i < 4; i++)
     if (*parts[i] >= from->text && *parts[i] < from->text + sizeof from->text)
       *parts[i] = to->text + (*parts[i] - from->text);
+}
+
+int url_list_add(struct url_list *list, const char *text, struct ad_error *error) {
+  int before = list->count;
+  for (const char *at = text;; at++) {
+    size_t length = strcspn(at, ",");
+    char one[URL_MAX_LENGTH];
+    if (length >= sizeof one) {
+      error_set(error, ERR_BAD_URL, "URL is longer than %d bytes", URL_MAX_LENGTH - 1);
+      goto refused;
+    }
+    memcpy(one, at, length);
+    one[length] = '\0';
+    if (length == 0) {
+      error_set(error, ERR_BAD_URL, "an empty URL in a list of URLs");
+      goto refused;
+    }
+    if (list->count == URL_LIST_MAX) {
+      error_set(error, ERR_BAD_URL, "more than %d URLs", URL_LIST_MAX);
+      goto refused;
+    }
+    if (!list->urls) {
+      list->urls = malloc(URL_LIST_MAX * sizeof *list->urls);
+      if (!list->urls) {
+        error_set(error, ERR_BAD_URL, "out of memory for URLs");
+        goto refused;
+      }
+    }
+    if (url_parse(&list->urls[list->count], one, error) != 0) goto refused;
+    list->count++;
+    at += length;
+    if (*at != ',') return 0;
+  }
+refused:
+  list->count = before;
+  return -1;
+}
+
+void url_list_free(struct url_list *list) {
+  free(list->urls);
+  list->urls = NULL;
+  list->count = 0;
 }

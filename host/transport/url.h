@@ -32,6 +32,19 @@ int url_parse(struct amqp_url *url, const char *text, struct ad_error *error);
 /* A copy whose parts point into the copy's own text. */
 void url_copy(struct amqp_url *to, const struct amqp_url *from);
 
+/* Several brokers (a cluster): "URL[,URL...]" or one URL at a time. */
+#define URL_LIST_MAX 16
+
+struct url_list {
+  struct amqp_url *urls;
+  int count;
+};
+
+/* Adds each comma-separated URL of text. Returns 0, or -1 with error BAD_URL
+ * (which URL, redacted) and the list unchanged. */
+int url_list_add(struct url_list *list, const char *text, struct ad_error *error);
+void url_list_free(struct url_list *list);
+
 /* Copies text to out, the password of every scheme://user:password@host in
  * it replaced by ***. */
 void url_redact_text(const char *text, char *out, size_t size);
