@@ -443,10 +443,12 @@ static int setup_closed(void *owner, struct ad_error *error) {
 static void confirmed(void *owner, uint64_t token, int ack) {
   struct worker *worker = owner;
   worker->unconfirmed--;
+  /* A refused reply would be refused again (a full reply queue that rejects
+   * publishes): the request is dropped, dead-lettered if its queue says so. */
   if (!ack)
-    log_line(LOG_WARN, "worker '%s': the broker refused a reply (nack): its request goes back "
-             "to the queue", worker->name);
-  settle(worker, token, ack ? -1 : 1);
+    log_line(LOG_WARN, "worker '%s': the broker refused a reply (nack): its request is "
+             "rejected (dead-lettered if the queue has a dead-letter exchange)", worker->name);
+  settle(worker, token, ack ? -1 : 0);
   lifecycle_check_drained(&worker->lifecycle);
 }
 

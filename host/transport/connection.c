@@ -1043,12 +1043,17 @@ static int log_in(struct handshake *handshake, double deadline) {
       {amqp_cstring_bytes("authentication_failure_close"),
        {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
       {amqp_cstring_bytes("connection.blocked"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
-  amqp_table_entry_t properties[2] = {
+  /* the name operators see in the management UI and rabbitmqctl */
+  char name[64];
+  snprintf(name, sizeof name, "amqp-delegate pid %ld", (long)getpid());
+  amqp_table_entry_t properties[3] = {
       {amqp_cstring_bytes("product"),
        {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("amqp-delegate for Lua")}}},
+      {amqp_cstring_bytes("connection_name"),
+       {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes(name)}}},
       {amqp_cstring_bytes("capabilities"),
        {AMQP_FIELD_KIND_TABLE, {.table = {3, capabilities}}}}};
-  amqp_table_t client_properties = {2, properties};
+  amqp_table_t client_properties = {3, properties};
   amqp_rpc_reply_t reply = amqp_login_with_properties(
       handshake->amqp, url->info.vhost, CHANNEL_LIMIT, AMQP_DEFAULT_FRAME_SIZE,
       handshake->options.heartbeat_seconds, &client_properties, AMQP_SASL_METHOD_PLAIN,
