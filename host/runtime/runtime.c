@@ -5,6 +5,8 @@
  * callback. */
 #include "runtime.h"
 
+#include "keepalive.h"
+
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +111,11 @@ void runtime_open(lua_State *L) {
   open_handles(L, runtime);
   runtime->L = lua_newthread(L);
   lua_setfield(L, LUA_REGISTRYINDEX, LOOP_THREAD_KEY);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  keepalive_install(runtime, lua_tothread(L, -1)); /* threads made later copy it */
+  lua_pop(L, 1);
+  keepalive_install(runtime, L);
+  keepalive_install(runtime, runtime->L);
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
 }
@@ -295,6 +302,7 @@ static lua_State *take_thread(struct runtime *runtime, lua_State *L) {
   lua_State *thread = lua_newthread(L);
   lua_pushboolean(L, 0);
   lua_rawset(L, -3);
+  keepalive_install(runtime, thread);
   return thread;
 }
 
@@ -359,9 +367,11 @@ void fiber_resume(struct fiber *fiber, int nargs) {
   struct runtime *runtime = fiber->runtime;
   fiber->waiting = 0;
   fiber->cancel = NULL;
+  if (!runtime->resuming) keepalive_enter(runtime, fiber);
   runtime->resuming++;
   int status = lua_resume(fiber->thread, runtime->L, nargs, &nresults);
   runtime->resuming--;
+  if (!runtime->resuming) keepalive_leave(runtime);
   if (status == LUA_YIELD) {
     if (fiber->waiting) return;
     /* A bare coroutine.yield in a task: nothing would ever resume it. */

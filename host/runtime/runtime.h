@@ -45,6 +45,7 @@ struct fiber {
   uv_timer_t timer;          /* delegate.sleep inside the fiber */
   int timer_open;
   struct fiber *previous, *next;
+  const char *name;          /* the worker whose task it runs (logs), or NULL */
   max_align_t context[];     /* the owner's per-fiber state, freed with the fiber */
 };
 
@@ -57,6 +58,13 @@ struct service {
 };
 
 #define RUNTIME_SPARE_THREADS 64
+
+/* keepalive.c's state: which fiber holds the loop since when. */
+struct keepalive {
+  uint64_t entered_at, next_check; /* uv_hrtime() ns; entered_at 0: no fiber runs */
+  const char *name;
+  int logged;
+};
 
 struct runtime {
   uv_loop_t loop;
@@ -74,6 +82,7 @@ struct runtime {
   int service_failures; /* services that stopped because they could not go on */
   lua_State *spare_threads[RUNTIME_SPARE_THREADS]; /* finished fibers' threads, reused */
   int spare_count;
+  struct keepalive keepalive;
 };
 
 /* Creates the runtime of L's state if it does not exist yet (idempotent). */

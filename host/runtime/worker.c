@@ -261,6 +261,7 @@ static int start_task(lua_State *L) {
   struct worker *worker = request->worker;
   size_t size = sizeof(struct task_context) + request->body_length;
   struct fiber *fiber = fiber_create(worker->runtime, task_finished, size);
+  fiber->name = worker->name;
   memcpy(fiber_context(fiber), request, size);
   lua_State *thread = fiber->thread;
   lua_pushcfunction(thread, task_body);

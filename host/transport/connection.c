@@ -111,6 +111,7 @@ struct connection {
   int abandoned; /* released during its handshake: freed when the thread ends */
   struct ad_error loss;
   struct handshake *handshake; /* while on its thread */
+  uint64_t keepalive_sent_ms;  /* the last heartbeat transport_keepalive sent */
   struct connection *next; /* in the pool */
 };
 
@@ -940,6 +941,25 @@ void transport_shutdown(uv_loop_t *loop) {
       break;
     }
   }
+}
+
+int transport_keepalive(uv_loop_t *loop, uint64_t now_ms) {
+  int shortest = 0;
+  for (struct connection *c = pool; c; c = c->next) {
+    if (c->loop != loop || c->state != CONNECTION_OPEN || !c->amqp) continue;
+    int heartbeat = amqp_get_heartbeat(c->amqp);
+    if (heartbeat <= 0) continue;
+    if (!shortest || heartbeat < shortest) shortest = heartbeat;
+    if (now_ms - c->keepalive_sent_ms < (uint64_t)heartbeat * 500) continue;
+    c->keepalive_sent_ms = now_ms;
+    amqp_frame_t frame;
+    memset(&frame, 0, sizeof frame);
+    frame.frame_type = AMQP_FRAME_HEARTBEAT;
+    frame.channel = 0;
+    /* a failure shows at the next read, from the loop: nothing is torn down here */
+    amqp_send_frame(c->amqp, &frame);
+  }
+  return shortest;
 }
 
 int transport_has_connection(uv_loop_t *loop, const struct amqp_url *url,

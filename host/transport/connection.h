@@ -154,6 +154,11 @@ const char *channel_waiting_for(const struct channel *channel);
 /* "host:port" of the broker */
 const char *channel_endpoint(const struct channel *channel);
 
+/* While Lua holds the loop (keepalive.c): sends a heartbeat frame on every
+ * open connection of the loop whose half interval has passed since the last
+ * one this sent (now_ms: a monotonic clock). Reads nothing. Returns the
+ * shortest heartbeat interval in seconds (0: none). */
+int transport_keepalive(uv_loop_t *loop, uint64_t now_ms);
 /* 1 when a connection to url with these options is open or opening, so a
  * new owner can share it. */
 int transport_has_connection(uv_loop_t *loop, const struct amqp_url *url,

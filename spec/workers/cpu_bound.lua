@@ -1,0 +1,26 @@
+-- A CPU-bound task that never yields for `seconds`, on a worker with a short heartbeat
+-- (HEARTBEAT, default 2 s): the connection must survive it and the task must run once. Each
+-- run appends a line to RUNS_FILE, so a spec can count executions.
+return {
+  name = os.getenv("WORKER_NAME") or "cpu_bound",
+  heartbeat = tonumber(os.getenv("HEARTBEAT") or "2"),
+  task = function(seconds)
+    local runs = os.getenv("RUNS_FILE")
+    if runs then
+      local f = assert(io.open(runs, "a"))
+      f:write("run\n")
+      f:close()
+    end
+    local function now()
+      local f = assert(io.open("/proc/uptime", "r"))
+      local t = f:read("n")
+      f:close()
+      return t
+    end
+    local deadline, spins = now() + seconds, 0
+    while now() < deadline do
+      for _ = 1, 100000 do spins = spins + 1 end
+    end
+    return spins > 0 and "computed" or "?"
+  end,
+}
