@@ -33,23 +33,31 @@ end
 local ALL = urls({ 1, 2, 3 })
 
 local function cluster_sh(...)
-  local words = { "bash", q(ROOT .. "/scripts/cluster.sh") }
+  local words = { "bash", q(os.getenv("CLUSTER_SH") or (ROOT .. "/scripts/cluster.sh")) }
   for _, a in ipairs({ ... }) do words[#words + 1] = q(a) end
   local out, status, err = broker.run(table.concat(words, " ") .. " </dev/null")
   assert(status == 0, "cluster.sh " .. table.concat({ ... }, " ") .. " failed:\n" .. out .. err)
   return out
 end
 
+local RABBITMQ_SH = (os.getenv("CLUSTER_SH") or (ROOT .. "/scripts/cluster.sh")):gsub("cluster%.sh$", "rabbitmq.sh")
+
+-- rabbitmqctl on node k; returns its output, or nil and why when the node does not answer
+local function ctl_on(k, ...)
+  local words = { "bash", q(RABBITMQ_SH), "ctl", q(assert(os.getenv("CLUSTER_DIR_" .. k))) }
+  for _, a in ipairs({ ... }) do words[#words + 1] = q(a) end
+  local out, status, err = broker.run(table.concat(words, " ") .. " </dev/null 2>&1")
+  if status == 0 then return out end
+  return nil, out .. err
+end
+
 -- rabbitmqctl on a node that is up (any of the three)
 local function ctl(...)
   local last
   for k = 1, 3 do
-    local words = { "bash", q(ROOT .. "/scripts/rabbitmq.sh"), "ctl",
-      q(assert(os.getenv("CLUSTER_DIR_" .. k))) }
-    for _, a in ipairs({ ... }) do words[#words + 1] = q(a) end
-    local out, status, err = broker.run(table.concat(words, " ") .. " </dev/null 2>&1")
-    if status == 0 then return out end
-    last = out .. err
+    local out, why = ctl_on(k, ...)
+    if out then return out end
+    last = why
   end
   error("rabbitmqctl failed on every node: " .. tostring(last))
 end
@@ -61,13 +69,17 @@ local function node_index(node_name)
   return nil
 end
 
--- The node (1..3) that holds the connection of process `pid` (connection_name
--- "amqp-delegate pid N"), or nil.
+-- The node (1..3) that holds the connection of process `pid` (its client property
+-- connection_name is "amqp-delegate pid N"), by the port it connected to.
 local function node_of(pid)
-  local out = ctl("-q", "list_connections", "--no-table-headers", "node", "user_provided_name")
+  local out = ctl("-q", "list_connections", "--no-table-headers", "port", "client_properties")
   for line in out:gmatch("[^\n]+") do
-    local node, name = line:match("^(%S+)\t(.*)$")
-    if name and name:match("^amqp%-delegate pid (%d+)") == tostring(pid) then return node_index(node) end
+    local port = line:match("^(%d+)\t")
+    if port and line:find("amqp-delegate pid " .. pid .. "\"", 1, true) then
+      for k = 1, 3 do
+        if os.getenv("CLUSTER_PORT_" .. k) == port then return k end
+      end
+    end
   end
   return nil
 end
@@ -167,9 +179,14 @@ describe("a 3-node cluster", function()
     finally(function() pcall(ctl, "delete_queue", name) end)
     local worker = host(url(1), name, "quorum")
     finally(function() worker:kill() end)
-    local calls = load(urls({ 2, 3 }), name, 1000)
+    local go = os.tmpname()
+    os.remove(go)
+    finally(function() os.remove(go) end)
+    local calls = load(urls({ 2, 3 }), name, 1000, { "0", "", go })
     finally(function() calls:kill() end)
     local k = assert(node_of(calls:pid()), "the delegator's node")
+    assert(io.open(go, "w")):close() -- the calls begin
+
     assert(calls:wait_for("answered 100\n", 60 * slow, true), "calls flow:\n" .. calls:output())
     cluster_sh("kill", CLUSTER_DIR, tostring(k))
     restart_after(k)

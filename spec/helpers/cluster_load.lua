@@ -1,6 +1,7 @@
 -- A load for the cluster specs, run as its own process (lua5.4 spec/helpers/cluster_load.lua
--- URLS NAME TOTAL IN_FLIGHT RETRY TIMEOUT [SECONDS [STOP_FILE]]): calls worker NAME with
--- 1..TOTAL (or for SECONDS, when given, or until STOP_FILE exists), IN_FLIGHT at a time, each {retry = RETRY, timeout = TIMEOUT},
+-- URLS NAME TOTAL IN_FLIGHT RETRY TIMEOUT [SECONDS [STOP_FILE [GO_FILE]]]): once GO_FILE
+-- exists (when given), calls worker NAME with 1..TOTAL (or for SECONDS, when not 0, or until
+-- STOP_FILE exists), IN_FLIGHT at a time, each {retry = RETRY, timeout = TIMEOUT},
 -- and checks each answer is twice its argument. Prints "answered N" every 50 answers, then
 -- one summary line: "summary answered=N wrong=N errors=N codes=CODE:N,... unknown=N retried=N".
 local delegate = require "amqp_delegate"
@@ -9,7 +10,9 @@ local urls, name = arg[1], arg[2]
 local total, in_flight = tonumber(arg[3]), tonumber(arg[4])
 local retry, timeout = tonumber(arg[5]), tonumber(arg[6])
 local seconds = tonumber(arg[7] or "")
-local stop_file = arg[8]
+if seconds == 0 then seconds = nil end
+local stop_file = arg[8] ~= "" and arg[8] or nil
+local go_file = arg[9]
 
 local function now()
   local f = assert(io.open("/proc/uptime", "r"))
@@ -23,16 +26,19 @@ io.stdout:write("ready\n")
 io.stdout:flush()
 local answered, wrong, errors, codes = 0, 0, 0, {}
 local window, first, next_argument = {}, 1, 1
-local stop_at = seconds and now() + seconds
+local stop_at
 
-local function stop_file_exists()
-  local f = stop_file and io.open(stop_file, "r")
+local function exists(path)
+  local f = path and io.open(path, "r")
   if f then f:close() end
   return f ~= nil
 end
 
+while go_file and not exists(go_file) do delegate.sleep(0.02) end
+stop_at = seconds and now() + seconds
+
 local function more()
-  if stop_at then return now() < stop_at and not stop_file_exists() end
+  if stop_at then return now() < stop_at and not exists(stop_file) end
   return next_argument <= total
 end
 
