@@ -15,6 +15,8 @@
 #include "log.h"
 #include "pretty.h"
 #include "runtime.h"
+#include "call_context.h"
+#include "header_list.h"
 #include "url.h"
 #include "version.h"
 #include "worker.h"
@@ -392,12 +394,52 @@ static int delegator_close_method(lua_State *L) {
 
 /* [options,] name, ...: reads the optional per-call options table and the
  * worker name; returns the index of the first argument of the call. */
+/* headers = {name = text | integer | boolean}: pushed as a header list
+ * (header_list.h) in a Lua string, which stays on the stack for the call. */
+static void headers_option(lua_State *L, int options, struct call_options *out) {
+  static const char wrong[] = "a call's headers are {name = text, integer or boolean}, names "
+                              "of 1 to 255 bytes, no NUL bytes";
+  out->headers = NULL;
+  out->headers_length = 0;
+  if (lua_getfield(L, options, "headers") == LUA_TNIL) return;
+  if (!lua_istable(L, -1)) bad_argument(L, "%s", wrong);
+  int table = lua_gettop(L), count = 0;
+  luaL_Buffer list;
+  luaL_buffinit(L, &list);
+  lua_pushnil(L);
+  while (lua_next(L, table)) {
+    size_t key_length = 0, value_length = 0;
+    const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &key_length) : NULL;
+    char kind = lua_isinteger(L, -1)              ? HEADER_INTEGER
+                : lua_type(L, -1) == LUA_TBOOLEAN ? HEADER_BOOLEAN
+                : lua_type(L, -1) == LUA_TSTRING  ? HEADER_TEXT
+                                                  : 0;
+    const char *value = kind == HEADER_BOOLEAN ? (lua_toboolean(L, -1) ? "1" : "0")
+                        : kind ? lua_tolstring(L, -1, &value_length) : NULL;
+    if (kind == HEADER_BOOLEAN) value_length = 1;
+    if (!key || !kind || key_length == 0 || key_length > HEADER_KEY_MAX ||
+        strlen(key) != key_length || strlen(value) != value_length)
+      bad_argument(L, "%s", wrong);
+    if (++count > HEADER_LIST_MAX_ENTRIES / 2 ||
+        luaL_bufflen(&list) + key_length + value_length + 3 > HEADER_LIST_MAX_BYTES / 2)
+      bad_argument(L, "%s", "a call's headers are at most 32 and 4096 bytes");
+    luaL_addchar(&list, kind);
+    luaL_addlstring(&list, key, key_length + 1);
+    luaL_addlstring(&list, value, value_length + 1);
+    lua_pop(L, 1);
+  }
+  luaL_pushresult(&list);
+  out->headers = lua_tolstring(L, -1, &out->headers_length);
+}
+
 static int call_arguments(lua_State *L, struct call_options *options, const char **name) {
   int at = 2;
   options->timeout = -1;
   options->retry = -1;
+  options->headers = NULL;
+  options->headers_length = 0;
   if (lua_type(L, at) == LUA_TTABLE) {
-    static const char *const known[] = {"timeout", "retry", NULL};
+    static const char *const known[] = {"timeout", "retry", "headers", NULL};
     check_known_options(L, at, known, "a call");
     options->timeout = number_option(L, at, "timeout", -1, 0, MAX_TIMEOUT, FOREVER_HINT);
     options->retry = (int)integer_option(L, at, "retry", -1, 0, MAX_RETRY);
@@ -415,7 +457,9 @@ static int delegator_send_method(lua_State *L) {
   struct call_options options;
   const char *name;
   int first = call_arguments(L, &options, &name);
-  delegator_send(delegator, L, 1, &options, name, first, lua_gettop(L));
+  int last = lua_gettop(L);
+  if (lua_type(L, 2) == LUA_TTABLE) headers_option(L, 2, &options); /* pushed above the arguments */
+  delegator_send(delegator, L, 1, &options, name, first, last);
   return 1;
 }
 
@@ -509,6 +553,53 @@ static int serve(lua_State *L) {
   return 1;
 }
 
+/* delegate.context(): inside a task, what it knows of the call it serves
+ * (in a coroutine or callback of the task too); nil elsewhere. */
+static void push_headers(lua_State *L, const struct call_context *call) {
+  lua_newtable(L);
+  size_t cursor = 0;
+  struct header header;
+  while (header_list_next(call->headers, call->headers_length, &cursor, &header)) {
+    lua_pushlstring(L, header.key, header.key_length);
+    int64_t number;
+    if (header.kind == HEADER_INTEGER && header_integer(&header, &number))
+      lua_pushinteger(L, (lua_Integer)number);
+    else if (header.kind == HEADER_BOOLEAN)
+      lua_pushboolean(L, header.value[0] == '1');
+    else
+      lua_pushlstring(L, header.value, header.value_length);
+    lua_rawset(L, -3);
+  }
+}
+
+static int context_function(lua_State *L) {
+  struct fiber *fiber = runtime_get(L)->running_fiber;
+  const struct call_context *call = fiber ? fiber->call_context : NULL;
+  if (!call) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, call->worker);
+  lua_setfield(L, -2, "worker");
+  lua_pushlstring(L, call->correlation_id->bytes, call->correlation_id->length);
+  lua_setfield(L, -2, "correlation_id");
+  if (call->deadline_ms) {
+    lua_pushnumber(L, (lua_Number)call->deadline_ms / 1000);
+    lua_setfield(L, -2, "deadline");
+    double left = (double)(call->deadline_ms - wall_clock_ms()) / 1000;
+    lua_pushnumber(L, left > 0 ? left : 0);
+    lua_setfield(L, -2, "time_left");
+  }
+  lua_pushboolean(L, call->redelivered);
+  lua_setfield(L, -2, "redelivered");
+  lua_pushinteger(L, call->previous_deliveries);
+  lua_setfield(L, -2, "previous_deliveries");
+  push_headers(L, call);
+  lua_setfield(L, -2, "headers");
+  return 1;
+}
+
 static int sleep_function(lua_State *L) {
   return runtime_sleep(L, checked_seconds(L, 1, "sleep's argument", 0, MAX_SECONDS, ""));
 }
@@ -557,7 +648,7 @@ static int set_log_level(lua_State *L) {
 
 static const luaL_Reg module_functions[] = {
     {"worker", new_worker}, {"delegator", new_delegator}, {"serve", serve},
-    {"sleep", sleep_function}, {"array", array}, {"object", object},
+    {"sleep", sleep_function}, {"context", context_function}, {"array", array}, {"object", object},
     {"encode", encode}, {"decode", decode}, {"set_log_level", set_log_level},
     {"pretty", pretty_lua},
     {NULL, NULL}};

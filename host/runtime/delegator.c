@@ -11,7 +11,9 @@
 
 #include <lauxlib.h>
 
+#include "call_context.h"
 #include "error_object.h"
+#include "header_list.h"
 #include "json.h"
 #include "log.h"
 #include "worker.h"
@@ -208,7 +210,7 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
   struct publish request = {call->worker, &call->correlation_id, delegator->reply_queue.bytes,
                             NULL, expiration[0] ? expiration : NULL,
                             call->body.data ? call->body.data : "", call->body.length, 1,
-                            call->serial};
+                            call->serial, call->headers.data, call->headers.length};
   if (channel_publish(channel, &request, error) < 0) {
     pending_calls_remove(&delegator->pending, &call->link);
     return -1;
@@ -260,6 +262,7 @@ static struct call *new_call(lua_State *L, struct delegator *delegator, int self
   memset(call, 0, sizeof *call);
   call->anchor = LUA_NOREF;
   byte_buffer_init(&call->body);
+  byte_buffer_init(&call->headers);
   job_init(&call->done_job, call_done_job);
   luaL_setmetatable(L, CALL_MT);
   lua_pushvalue(L, self);
@@ -299,6 +302,26 @@ static void notice_idle_loss(struct delegator *delegator) {
   runtime->running = 0;
 }
 
+/* What the request carries: its deadline (the sooner of its own and that of
+ * the call being served, when made inside a task), the caller's headers,
+ * then the trace headers and call chain carried on from the task's call. */
+static int call_headers(struct delegator *delegator, struct call *call,
+                        const struct call_options *options) {
+  struct fiber *fiber = delegator->runtime->running_fiber;
+  const struct call_context *incoming = fiber ? fiber->call_context : NULL;
+  int64_t deadline = 0;
+  if (call->timeout > 0) deadline = wall_clock_ms() + (int64_t)runtime_milliseconds(call->timeout);
+  if (incoming && incoming->deadline_ms && (!deadline || incoming->deadline_ms < deadline))
+    deadline = incoming->deadline_ms;
+  if (deadline && header_list_add_integer(&call->headers, HEADER_DEADLINE, deadline) != 0)
+    return -1;
+  if (options->headers_length &&
+      byte_buffer_append(&call->headers, options->headers, options->headers_length) != 0)
+    return -1;
+  if (incoming) call_context_carry(incoming, next_random(delegator), &call->headers);
+  return 0;
+}
+
 struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
                             const struct call_options *options, const char *name, int first,
                             int last) {
@@ -320,6 +343,9 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
     uint64_t milliseconds = runtime_milliseconds(call->timeout);
     call->deadline = uv_now(&delegator->runtime->loop) + milliseconds;
   }
+  if (call_headers(delegator, call, options) != 0)
+    error_object_raisef(L, ERR_BAD_ARGUMENT, "out of memory for the headers of a call to '%s'",
+                        name);
   lua_pushvalue(L, call_index);
   call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
   link_call(delegator, call);
@@ -524,6 +550,7 @@ void call_release(struct call *call) {
   if (call->in_flight && call->delegator) unlink_call(call->delegator, call);
   if (call->delegator) runtime_cancel_job(call->delegator->runtime, &call->done_job);
   byte_buffer_free(&call->body);
+  byte_buffer_free(&call->headers);
 }
 
 /* ---- waiting ---- */

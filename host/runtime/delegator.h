@@ -57,6 +57,7 @@ struct call {
   struct ad_error error;
   int error_reply;              /* the worker answered with an error */
   byte_buffer body;             /* the request until sent, then the reply */
+  byte_buffer headers;          /* the request's (header_list.h), kept for a re-send */
   struct short_string correlation_id;
   char worker[SHORT_STRING_MAX];
 };
@@ -87,7 +88,9 @@ struct delegator {
 /* Per-call options; timeout < 0 means the delegator's. */
 struct call_options {
   double timeout;
-  int retry; /* < 0: the delegator's */
+  int retry;           /* < 0: the delegator's */
+  const char *headers; /* the caller's own (header_list.h), NULL for none */
+  size_t headers_length;
 };
 
 void delegator_init(struct delegator *delegator, struct runtime *runtime);

@@ -368,9 +368,12 @@ void fiber_resume(struct fiber *fiber, int nargs) {
   fiber->waiting = 0;
   fiber->cancel = NULL;
   if (!runtime->resuming) keepalive_enter(runtime, fiber);
+  struct fiber *outer = runtime->running_fiber;
+  runtime->running_fiber = fiber;
   runtime->resuming++;
   int status = lua_resume(fiber->thread, runtime->L, nargs, &nresults);
   runtime->resuming--;
+  runtime->running_fiber = outer;
   if (!runtime->resuming) keepalive_leave(runtime);
   if (status == LUA_YIELD) {
     if (fiber->waiting) return;

@@ -18,6 +18,7 @@
 #include "errors.h"
 
 struct fiber;
+struct call_context;
 struct runtime;
 
 /* Work for the loop's one place: queued from anywhere, run in order. */
@@ -46,6 +47,7 @@ struct fiber {
   int timer_open;
   struct fiber *previous, *next;
   const char *name;          /* the worker whose task it runs (logs), or NULL */
+  const struct call_context *call_context; /* the call a task serves, or NULL */
   max_align_t context[];     /* the owner's per-fiber state, freed with the fiber */
 };
 
@@ -83,6 +85,7 @@ struct runtime {
   lua_State *spare_threads[RUNTIME_SPARE_THREADS]; /* finished fibers' threads, reused */
   int spare_count;
   struct keepalive keepalive;
+  struct fiber *running_fiber; /* whose Lua code runs now (coroutines of a task too) */
 };
 
 /* Creates the runtime of L's state if it does not exist yet (idempotent). */

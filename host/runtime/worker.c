@@ -11,6 +11,7 @@
 
 #include <lauxlib.h>
 
+#include "call_context.h"
 #include "error_object.h"
 #include "json.h"
 #include "log.h"
@@ -27,8 +28,9 @@ struct task_context {
   int over_limit;     /* delivered more often than delivery_limit: refused, not run */
   long previous_deliveries;
   size_t oversized;   /* the request's size when over the limit (body dropped) */
-  size_t body_length;
-  char body[];        /* the request, decoded inside the fiber */
+  struct call_context call; /* its pointers are set once it is in its fiber */
+  size_t body_length, headers_length;
+  char body[];        /* the request, decoded inside the fiber, then its headers */
 };
 
 /* ---- replies ---- */
@@ -97,7 +99,8 @@ static int task_returned(lua_State *L, int status, lua_KContext k) {
     lua_rawgeti(L, -1, 1);
   }
   error_object_read(L, -1, ERR_TASK_FAILED, &error);
-  log_line(LOG_WARN, "task '%s' failed: %s: %s", worker->name, error.code, error.message);
+  log_line(LOG_WARN, "task '%s' failed (correlation id %s): %s: %s", worker->name,
+           context->correlation_id.bytes, error.code, error.message);
   write_error_reply(L, context, &error);
   return 0;
 }
@@ -209,7 +212,7 @@ static void send_reply(struct task_context *context) {
   struct worker *worker = context->worker;
   struct publish reply = {context->reply_to.bytes, &context->correlation_id, NULL,
                           context->failed ? ERROR_REPLY_TYPE : NULL, NULL, worker->reply.data,
-                          worker->reply.length, 0, context->delivery_tag};
+                          worker->reply.length, 0, context->delivery_tag, NULL, 0};
   struct ad_error error;
   struct channel *channel = lifecycle_channel(&worker->lifecycle);
   if (!channel || context->generation != worker->generation)
@@ -259,10 +262,15 @@ static int start_task(lua_State *L) {
   struct task_start *start = lua_touserdata(L, 1);
   struct task_context *request = start->request;
   struct worker *worker = request->worker;
-  size_t size = sizeof(struct task_context) + request->body_length;
+  size_t size = sizeof(struct task_context) + request->body_length + request->headers_length;
   struct fiber *fiber = fiber_create(worker->runtime, task_finished, size);
   fiber->name = worker->name;
-  memcpy(fiber_context(fiber), request, size);
+  struct task_context *context = fiber_context(fiber);
+  memcpy(context, request, size);
+  context->call.worker = worker->name;
+  context->call.correlation_id = &context->correlation_id;
+  context->call.headers = context->body + context->body_length;
+  fiber->call_context = &context->call;
   lua_State *thread = fiber->thread;
   lua_pushcfunction(thread, task_body);
   lua_rawgeti(L, LUA_REGISTRYINDEX, worker->lifecycle.self_ref);
@@ -353,8 +361,17 @@ static void on_request(void *owner, const struct message *message) {
     return;
   }
   if (unanswerable(worker, message)) return;
+  int64_t deadline = request_deadline(message->headers, message->headers_length);
+  if (deadline && deadline < wall_clock_ms()) { /* its caller has stopped waiting */
+    worker->expired++;
+    log_line(LOG_DEBUG, "worker '%s': request %s dropped, its deadline passed %lld ms ago",
+             worker->name, message->correlation_id.bytes,
+             (long long)(wall_clock_ms() - deadline));
+    settle(worker, message->delivery_tag, -1);
+    return;
+  }
   size_t kept = message->body_too_large ? 0 : message->body_length;
-  struct task_context *request = malloc(sizeof *request + kept);
+  struct task_context *request = malloc(sizeof *request + kept + message->headers_length);
   if (!request) {
     settle(worker, message->delivery_tag, 1);
     return;
@@ -372,6 +389,13 @@ static void on_request(void *owner, const struct message *message) {
                         request->previous_deliveries >= worker->options.delivery_limit;
   request->body_length = kept;
   if (kept) memcpy(request->body, message->body, kept);
+  request->headers_length = message->headers_length;
+  if (message->headers_length)
+    memcpy(request->body + kept, message->headers, message->headers_length);
+  request->call.deadline_ms = deadline;
+  request->call.redelivered = message->redelivered;
+  request->call.previous_deliveries = request->previous_deliveries;
+  request->call.headers_length = message->headers_length;
   worker->in_flight++;
   runtime_defer(worker->runtime, &request->job);
 }
@@ -490,8 +514,8 @@ static int drained(void *owner) {
 
 static void stopped(void *owner) {
   struct worker *worker = owner;
-  log_line(LOG_INFO, "worker '%s' stopped (%lu served, %lu failed)", worker->name,
-           worker->served, worker->failed);
+  log_line(LOG_INFO, "worker '%s' stopped (%lu served, %lu failed, %lu past their deadline)",
+           worker->name, worker->served, worker->failed, worker->expired);
 }
 
 static const struct lifecycle_ops worker_lifecycle = {

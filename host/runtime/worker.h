@@ -61,7 +61,7 @@ struct worker {
   int declare_queue;   /* setup: the passive declare said there is none: make it */
   struct redelivery_count *redeliveries; /* allocated at the first redelivery */
   byte_buffer reply;
-  unsigned long served, failed, refused_over_limit;
+  unsigned long served, failed, refused_over_limit, expired;
 };
 
 void worker_init(struct worker *worker, struct runtime *runtime);

@@ -21,6 +21,7 @@
 #include "amqp_errors.h"
 #include "byte_buffer.h"
 #include "confirm_ring.h"
+#include "header_list.h"
 #include "log.h"
 #include "tcp_connect.h"
 
@@ -51,7 +52,8 @@ struct held_publish {
   int mandatory;
   size_t routing_key_length, reply_to_length, type_length, expiration_length, body_length;
   int has_reply_to, has_type, has_expiration;
-  char data[]; /* routing key, reply_to, type, expiration (each NUL-ended), body */
+  size_t headers_length;
+  char data[]; /* routing key, reply_to, type, expiration (each NUL-ended), body, headers */
 };
 
 struct connection;
@@ -73,6 +75,7 @@ struct channel {
   uint64_t body_expected;
   struct message incoming;
   byte_buffer body;
+  byte_buffer incoming_headers;
   struct held_publish *held_first, *held_last;
   int confirming; /* confirm.select-ok came: publishes go into unconfirmed */
   struct confirm_ring unconfirmed;
@@ -213,6 +216,7 @@ static void channel_free(struct channel *channel) {
   free_held(channel);
   confirm_ring_free(&channel->unconfirmed);
   byte_buffer_free(&channel->body);
+  byte_buffer_free(&channel->incoming_headers);
   free(channel);
 }
 
@@ -415,6 +419,82 @@ int channel_cancel(struct channel *channel, const struct short_string *consumer_
 
 /* ---- publishing, holding while blocked ---- */
 
+/* ---- headers: our flat list and AMQP tables ---- */
+
+/* The list's entries as an AMQP table; entries point into the list. */
+static int table_of_headers(const char *list, size_t length, amqp_table_entry_t *entries) {
+  size_t cursor = 0;
+  int count = 0;
+  struct header header;
+  while (count < HEADER_LIST_MAX_ENTRIES && header_list_next(list, length, &cursor, &header)) {
+    amqp_table_entry_t *entry = &entries[count++];
+    entry->key.bytes = (void *)header.key;
+    entry->key.len = header.key_length;
+    int64_t number;
+    if (header.kind == HEADER_INTEGER && header_integer(&header, &number)) {
+      entry->value.kind = AMQP_FIELD_KIND_I64;
+      entry->value.value.i64 = number;
+    } else if (header.kind == HEADER_BOOLEAN) {
+      entry->value.kind = AMQP_FIELD_KIND_BOOLEAN;
+      entry->value.value.boolean = header.value[0] == '1';
+    } else {
+      entry->value.kind = AMQP_FIELD_KIND_UTF8;
+      entry->value.value.bytes.bytes = (void *)header.value;
+      entry->value.value.bytes.len = header.value_length;
+    }
+  }
+  return count;
+}
+
+/* The scalar entries of an AMQP table as our list (nested tables, arrays
+ * and entries over the limits are left out). */
+static void headers_of_table(const amqp_table_t *table, byte_buffer *list) {
+  byte_buffer_reset(list);
+  for (int i = 0; i < table->num_entries; i++) {
+    const amqp_table_entry_t *entry = &table->entries[i];
+    const amqp_field_value_t *value = &entry->value;
+    const char *key = entry->key.bytes;
+    size_t key_length = entry->key.len;
+    char text[40];
+    int length = -1;
+    switch (value->kind) {
+      case AMQP_FIELD_KIND_UTF8:
+      case AMQP_FIELD_KIND_BYTES:
+        header_list_add(list, HEADER_TEXT, key, key_length, value->value.bytes.bytes,
+                        value->value.bytes.len);
+        continue;
+      case AMQP_FIELD_KIND_BOOLEAN:
+        header_list_add(list, HEADER_BOOLEAN, key, key_length, value->value.boolean ? "1" : "0", 1);
+        continue;
+      case AMQP_FIELD_KIND_I8: length = snprintf(text, sizeof text, "%d", value->value.i8); break;
+      case AMQP_FIELD_KIND_U8: length = snprintf(text, sizeof text, "%u", value->value.u8); break;
+      case AMQP_FIELD_KIND_I16: length = snprintf(text, sizeof text, "%d", value->value.i16); break;
+      case AMQP_FIELD_KIND_U16: length = snprintf(text, sizeof text, "%u", value->value.u16); break;
+      case AMQP_FIELD_KIND_I32: length = snprintf(text, sizeof text, "%d", value->value.i32); break;
+      case AMQP_FIELD_KIND_U32: length = snprintf(text, sizeof text, "%u", value->value.u32); break;
+      case AMQP_FIELD_KIND_I64:
+        length = snprintf(text, sizeof text, "%lld", (long long)value->value.i64);
+        break;
+      case AMQP_FIELD_KIND_U64:
+      case AMQP_FIELD_KIND_TIMESTAMP:
+        if (value->value.u64 > INT64_MAX) continue;
+        length = snprintf(text, sizeof text, "%llu", (unsigned long long)value->value.u64);
+        break;
+      case AMQP_FIELD_KIND_F32:
+        header_list_add(list, HEADER_TEXT, key, key_length, text,
+                        (size_t)snprintf(text, sizeof text, "%.9g", value->value.f32));
+        continue;
+      case AMQP_FIELD_KIND_F64:
+        header_list_add(list, HEADER_TEXT, key, key_length, text,
+                        (size_t)snprintf(text, sizeof text, "%.17g", value->value.f64));
+        continue;
+      default:
+        continue;
+    }
+    header_list_add(list, HEADER_INTEGER, key, key_length, text, (size_t)length);
+  }
+}
+
 static int publish_now(struct channel *channel, const struct publish *publish,
                        struct ad_error *error) {
   amqp_basic_properties_t properties;
@@ -432,6 +512,13 @@ static int publish_now(struct channel *channel, const struct publish *publish,
   if (publish->type) {
     properties._flags |= AMQP_BASIC_TYPE_FLAG;
     properties.type = amqp_cstring_bytes(publish->type);
+  }
+  amqp_table_entry_t entries[HEADER_LIST_MAX_ENTRIES];
+  if (publish->headers_length) {
+    properties._flags |= AMQP_BASIC_HEADERS_FLAG;
+    properties.headers.entries = entries;
+    properties.headers.num_entries =
+        table_of_headers(publish->headers, publish->headers_length, entries);
   }
   amqp_bytes_t body = {publish->body_length, (void *)publish->body};
   if (channel->confirming && confirm_ring_reserve(&channel->unconfirmed) != 0) {
@@ -479,7 +566,7 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
   size_t size = strlen(publish->routing_key) + (publish->reply_to ? strlen(publish->reply_to) : 0) +
                 (publish->type ? strlen(publish->type) : 0) +
                 (publish->expiration ? strlen(publish->expiration) : 0) + 4 +
-                publish->body_length;
+                publish->body_length + publish->headers_length;
   struct held_publish *held = malloc(sizeof *held + size);
   if (!held) {
     error_set(error, ERR_CONNECTION_LOST, "out of memory holding a publish while blocked");
@@ -492,6 +579,9 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
   at = append_text(at, publish->expiration, &held->expiration_length, &held->has_expiration);
   memcpy(at, publish->body, publish->body_length);
   held->body_length = publish->body_length;
+  if (publish->headers_length) memcpy(at + publish->body_length, publish->headers,
+                                      publish->headers_length);
+  held->headers_length = publish->headers_length;
   held->correlation_id = *publish->correlation_id;
   held->mandatory = publish->mandatory;
   held->token = publish->token;
@@ -524,7 +614,8 @@ static int send_held(struct channel *channel, struct held_publish *held, struct 
   struct publish publish = {routing_key, &held->correlation_id,
                             held->has_reply_to ? reply_to : NULL, held->has_type ? type : NULL,
                             held->has_expiration ? left : NULL, body, held->body_length,
-                            held->mandatory, held->token};
+                            held->mandatory, held->token, body + held->body_length,
+                            held->headers_length};
   return publish_now(channel, &publish, error);
 }
 
@@ -664,8 +755,14 @@ static void on_header(struct channel *channel, const amqp_frame_t *frame) {
                 properties->reply_to);
   copy_property(&message->type, properties->_flags, AMQP_BASIC_TYPE_FLAG, properties->type);
   message->delivery_count = -1;
-  if (properties->_flags & AMQP_BASIC_HEADERS_FLAG)
+  message->headers = NULL;
+  message->headers_length = 0;
+  if (properties->_flags & AMQP_BASIC_HEADERS_FLAG) {
     message->delivery_count = delivery_count(&properties->headers);
+    headers_of_table(&properties->headers, &channel->incoming_headers);
+    message->headers = channel->incoming_headers.data;
+    message->headers_length = channel->incoming_headers.length;
+  }
   channel->body_expected = frame->payload.properties.body_size;
   message->body_too_large = channel->body_expected > channel->max_body;
   channel->stage = STAGE_BODY;
@@ -1263,6 +1360,7 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
   channel->max_body = options->max_body;
   confirm_ring_init(&channel->unconfirmed);
   byte_buffer_init(&channel->body);
+  byte_buffer_init(&channel->incoming_headers);
   channel->next = connection->channels;
   connection->channels = channel;
   if (connection->state == CONNECTION_OPEN) send_channel_open(channel);

@@ -35,6 +35,8 @@ struct message {
   const char *body; /* NULL when the body was larger than the limit */
   size_t body_length;
   int body_too_large;
+  const char *headers; /* a header list (header_list.h) of the scalar headers */
+  size_t headers_length;
   int return_code; /* basic.return only */
   struct short_string return_text;
 };
@@ -100,7 +102,9 @@ struct publish {
   const char *body;
   size_t body_length;
   int mandatory;
-  uint64_t token; /* handed back by on_confirm */
+  uint64_t token;      /* handed back by on_confirm */
+  const char *headers; /* a header list (header_list.h), NULL for none */
+  size_t headers_length;
 };
 
 /* What a queue declare asks for. */
