@@ -225,7 +225,18 @@ static void lifecycle_options(lua_State *L, int options, int self, struct lifecy
 static const char *const worker_options[] = {
     "name", "task", "url", "on_error", "on_close", "concurrency", "heartbeat",
     "connect_timeout", "max_body", "max_depth", "reconnect_max", "tls", "queue",
-    "delivery_limit", "confirms", NULL};
+    "delivery_limit", "confirms", "ack", "result_cache", NULL};
+
+/* ack = "late" (the default: once the reply went out) or "early" (on receipt). */
+static int ack_early_option(lua_State *L, int options) {
+  int type = lua_getfield(L, options, "ack");
+  const char *value = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  int early = value && strcmp(value, "early") == 0;
+  if (type != LUA_TNIL && !early && !(value && strcmp(value, "late") == 0))
+    bad_argument(L, "%s", "option 'ack' is \"late\" (the default) or \"early\"");
+  lua_pop(L, 1);
+  return early;
+}
 
 static const char *queue_type(lua_State *L, const char *type) {
   static const char *const types[] = {"classic", "quorum", NULL};
@@ -300,6 +311,9 @@ static int new_worker(lua_State *L) {
   worker->options.delivery_limit =
       (int)integer_option(L, 1, "delivery_limit", DEFAULT_DELIVERY_LIMIT, 0, 1000000);
   worker->options.confirms = boolean_option(L, 1, "confirms", 1);
+  worker->options.ack_early = ack_early_option(L, 1);
+  worker->results.max_entries =
+      (size_t)integer_option(L, 1, "result_cache", WORKER_RESULT_CACHE, 0, 1000000);
   return 1;
 }
 
@@ -337,8 +351,26 @@ static int worker_tostring(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg worker_methods[] = {
-    {"start", worker_start_method}, {"stop", worker_stop_method}, {NULL, NULL}};
+static int worker_stats_method(lua_State *L) {
+  struct worker *worker = check_worker(L);
+  static const char *const names[] = {"served", "failed", "refused_over_limit", "expired",
+                                      "answered_from_cache"};
+  const unsigned long values[] = {worker->served, worker->failed, worker->refused_over_limit,
+                                  worker->expired, worker->answered_from_cache};
+  lua_createtable(L, 0, 6);
+  for (int i = 0; i < 5; i++) {
+    lua_pushinteger(L, (lua_Integer)values[i]);
+    lua_setfield(L, -2, names[i]);
+  }
+  lua_pushinteger(L, worker->in_flight);
+  lua_setfield(L, -2, "in_flight");
+  return 1;
+}
+
+static const luaL_Reg worker_methods[] = {{"start", worker_start_method},
+                                          {"stop", worker_stop_method},
+                                          {"stats", worker_stats_method},
+                                          {NULL, NULL}};
 
 static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
                                               {"__close", worker_close_method},

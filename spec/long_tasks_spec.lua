@@ -1,11 +1,35 @@
--- Long tasks: a CPU-bound task that never yields keeps its connection (a count hook sends
--- the heartbeats meanwhile), runs once and answers, and the host says which worker held the
--- loop and for how long.
+-- Long tasks and one execution per request: a CPU-bound task that never yields keeps its
+-- connection (a count hook sends the heartbeats meanwhile), runs once and answers, and the
+-- host says which worker held the loop and for how long; a result lost with the connection is
+-- answered again from the kept result on redelivery, not run again; the broker's
+-- consumer_timeout is named when it closes the channel, and ack = "early" runs such a task once.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
 
 local unique = support.unique
 local slow = support.slow
+
+local function count_lines(path, line)
+  return select(2, (broker.read_file(path) or ""):gsub(line .. "\n", ""))
+end
+
+-- The Erlang pid of the connection of process pid (its connection_name client property).
+local function connection_of(pid)
+  local out = broker.ctl("-q", "list_connections", "--no-table-headers", "pid", "client_properties")
+  for line in out:gmatch("[^\n]+") do
+    local name = line:match("^(.-)\t")
+    if name and line:find("amqp-delegate pid " .. pid .. "\"", 1, true) then return name end
+  end
+  return nil
+end
+
+local function set_memory_alarm(on)
+  broker.ctl("set_vm_memory_high_watermark", on and "0.0000001" or "0.4")
+  assert(broker.eventually(function()
+    local alarmed = broker.ctl("eval", "rabbit_alarm:get_alarms()."):find("memory", 1, true) ~= nil
+    return alarmed == on
+  end, 20 * slow, 0.2), "the memory alarm is " .. (on and "on" or "off"))
+end
 
 describe("long tasks", function()
   local delegator
@@ -27,5 +51,70 @@ describe("long tasks", function()
     assert.falsy(output:find("CONNECTION_LOST", 1, true), output)
     assert.truthy(output:find("a task of worker '" .. name .. "' holds the loop", 1, true), output)
     assert.truthy(output:find("held the loop for 3%d%.%d s"), output)
+  end)
+
+  it("a result lost with the connection is answered from the kept result on redelivery: the task ran once", function()
+    local name = unique("long_kept")
+    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    local runs = os.tmpname()
+    finally(function() os.remove(runs) end)
+    local host = support.host({ "spec/workers/kept_result.lua" },
+      { env = { WORKER_NAME = name, RUNS_FILE = runs } })
+    finally(function() host:kill() end)
+    local call = delegator:send({ timeout = 60 * slow }, name, 2, "kept")
+    assert(broker.eventually(function() return count_lines(runs, "run") == 1 end, 10 * slow, 0.05))
+    -- the broker stops reading what the host publishes: its reply and ack cannot leave
+    finally(function() set_memory_alarm(false) end)
+    set_memory_alarm(true)
+    assert(broker.eventually(function() return count_lines(runs, "finished") == 1 end, 10 * slow, 0.05),
+      "the task finished\n" .. host:output())
+    broker.sleep(0.3)
+    local connection = assert(connection_of(host:pid()), "the host's connection")
+    broker.ctl("close_connection", connection, "closed by the long tasks spec")
+    assert(host:wait_for("answered with the kept result", 20 * slow, true), host:output())
+    set_memory_alarm(false)
+    assert.are.equal("kept", call:wait())
+    assert.are.equal(1, count_lines(runs, "run"), "the side effect happened once\n" .. host:output())
+  end)
+
+  describe("the broker's consumer_timeout", function()
+    -- channels opened from now on read it; the broker checks it at each channel tick
+    before_each(function()
+      broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1000), "
+        .. "application:set_env(rabbit, channel_tick_interval, 500).")
+    end)
+    after_each(function()
+      broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1800000), "
+        .. "application:set_env(rabbit, channel_tick_interval, 60000).")
+    end)
+
+    local function serve(name, ack)
+      local runs = os.tmpname()
+      local host = support.host({ "spec/workers/kept_result.lua" },
+        { env = { WORKER_NAME = name, RUNS_FILE = runs, WORKER_ACK = ack } })
+      return host, runs
+    end
+
+    it("is named in the log when it closes the channel of a task that takes longer", function()
+      local name = unique("long_timeout")
+      finally(function() pcall(broker.ctl, "delete_queue", name) end)
+      local host, runs = serve(name, nil)
+      finally(function() host:kill(); os.remove(runs) end)
+      delegator:send({ timeout = 30 * slow }, name, 3, "late")
+      assert(host:wait_for("longer than the broker's consumer_timeout", 20 * slow, true), host:output())
+      assert.truthy(host:output():find('ack = "early"', 1, true), host:output())
+      assert(broker.eventually(function() return count_lines(runs, "run") >= 2 end, 10 * slow, 0.1),
+        "without ack = early it runs again")
+    end)
+
+    it("ack = 'early' acks on receipt: the long task runs once and answers", function()
+      local name = unique("long_early")
+      finally(function() pcall(broker.ctl, "delete_queue", name) end)
+      local host, runs = serve(name, "early")
+      finally(function() host:kill(); os.remove(runs) end)
+      assert.are.equal("early", delegator:invoke({ timeout = 30 * slow }, name, 3, "early"))
+      assert.are.equal(1, count_lines(runs, "run"), host:output())
+      assert.falsy(host:output():find("consumer_timeout", 1, true), host:output())
+    end)
   end)
 end)

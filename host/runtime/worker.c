@@ -208,18 +208,33 @@ static void request_done(struct worker *worker) {
 /* Publishes the reply buffer to the caller. The request is acked once the
  * broker confirmed the reply (or at once without confirms): a reply lost
  * with a node leaves its request in the queue, to be answered again. */
+/* Replies without a deadline are kept this long (a redelivery comes within
+ * a reconnection). */
+#define KEPT_WITHOUT_DEADLINE_MS 60000
+
 static void send_reply(struct task_context *context) {
   struct worker *worker = context->worker;
+  int64_t expires = context->call.deadline_ms ? context->call.deadline_ms
+                                              : wall_clock_ms() + KEPT_WITHOUT_DEADLINE_MS;
+  result_cache_put(&worker->results, context->correlation_id.bytes,
+                   context->correlation_id.length, context->reply_to.bytes,
+                   context->reply_to.length, expires, context->failed, worker->reply.data,
+                   worker->reply.length);
+  int early = worker->options.ack_early; /* acked on receipt: token 0, nothing to settle */
   struct publish reply = {context->reply_to.bytes, &context->correlation_id, NULL,
                           context->failed ? ERROR_REPLY_TYPE : NULL, NULL, worker->reply.data,
-                          worker->reply.length, 0, context->delivery_tag, NULL, 0};
+                          worker->reply.length, 0, early ? 0 : context->delivery_tag, NULL, 0};
   struct ad_error error;
   struct channel *channel = lifecycle_channel(&worker->lifecycle);
-  if (!channel || context->generation != worker->generation)
-    log_line(LOG_WARN, "worker '%s': reply dropped, the channel that delivered the request "
-             "was lost (the broker redelivers it)", worker->name);
+  if (!channel || (!early && context->generation != worker->generation))
+    log_line(LOG_WARN, "worker '%s': reply to %s dropped, the channel that delivered the "
+             "request was lost (%s)", worker->name, context->correlation_id.bytes,
+             early ? "it was acked on receipt: ack = \"early\"" : "the broker redelivers it");
   else if (channel_publish(channel, &reply, &error) < 0)
-    log_line(LOG_WARN, "worker '%s': cannot reply: %s", worker->name, error.message);
+    log_line(LOG_WARN, "worker '%s': cannot reply to %s: %s", worker->name,
+             context->correlation_id.bytes, error.message);
+  else if (early)
+    return;
   else if (worker->options.confirms)
     worker->unconfirmed++;
   else
@@ -281,11 +296,28 @@ static int start_task(lua_State *L) {
   return 0;
 }
 
+static void start_request(struct task_context *request) {
+  struct worker *worker = request->worker;
+  struct task_start start = {request, NULL};
+  if (runtime_protected(worker->runtime, start_task, &start, worker->name) != 0) {
+    if (!worker->options.ack_early) settle(worker, request->delivery_tag, 1);
+    free(request);
+    request_done(worker);
+    return;
+  }
+  free(request);
+  fiber_resume(start.fiber, 2);
+}
+
 /* From the job queue: the request's task starts now, unless its channel is
  * gone (the broker redelivers it) or the worker is stopping (give it back). */
 static void run_request(struct job *job) {
   struct task_context *request = (struct task_context *)job;
   struct worker *worker = request->worker;
+  if (worker->options.ack_early) { /* acked already: it runs, whatever happened since */
+    start_request(request);
+    return;
+  }
   if (request->generation != worker->generation) {
     free(request);
     request_done(worker);
@@ -303,15 +335,7 @@ static void run_request(struct job *job) {
     request_done(worker);
     return;
   }
-  struct task_start start = {request, NULL};
-  if (runtime_protected(worker->runtime, start_task, &start, worker->name) != 0) {
-    settle(worker, request->delivery_tag, 1);
-    free(request);
-    request_done(worker);
-    return;
-  }
-  free(request);
-  fiber_resume(start.fiber, 2);
+  start_request(request);
 }
 
 /* Requests we cannot answer are rejected without requeue (no poison loop). */
@@ -354,6 +378,32 @@ static long previous_deliveries(struct worker *worker, const struct message *mes
   return (long)++slot->count;
 }
 
+/* A redelivered request this host has answered already: its reply or its
+ * ack was lost with the connection. It gets the kept reply again. */
+static int answer_from_cache(struct worker *worker, const struct message *message) {
+  const struct kept_result *kept = result_cache_get(
+      &worker->results, message->correlation_id.bytes, message->correlation_id.length,
+      message->reply_to.bytes, message->reply_to.length, wall_clock_ms());
+  if (!kept) return 0;
+  struct publish reply = {message->reply_to.bytes, &message->correlation_id, NULL,
+                          kept->failed ? ERROR_REPLY_TYPE : NULL, NULL, kept_result_body(kept),
+                          kept->body_length, 0, message->delivery_tag, NULL, 0};
+  struct ad_error error;
+  struct channel *channel = lifecycle_channel(&worker->lifecycle);
+  worker->answered_from_cache++;
+  log_line(LOG_INFO, "worker '%s': request %s redelivered after its reply or ack was lost: "
+           "answered with the kept result, not run again", worker->name,
+           message->correlation_id.bytes);
+  if (!channel || channel_publish(channel, &reply, &error) < 0)
+    log_line(LOG_WARN, "worker '%s': cannot reply: %s", worker->name,
+             channel ? error.message : "no channel");
+  else if (worker->options.confirms)
+    worker->unconfirmed++;
+  else
+    settle(worker, message->delivery_tag, -1);
+  return 1;
+}
+
 static void on_request(void *owner, const struct message *message) {
   struct worker *worker = owner;
   if (worker->lifecycle.state != LIFECYCLE_READY) {
@@ -370,6 +420,9 @@ static void on_request(void *owner, const struct message *message) {
     settle(worker, message->delivery_tag, -1);
     return;
   }
+  if ((message->redelivered || message->delivery_count > 0) &&
+      answer_from_cache(worker, message))
+    return;
   size_t kept = message->body_too_large ? 0 : message->body_length;
   struct task_context *request = malloc(sizeof *request + kept + message->headers_length);
   if (!request) {
@@ -396,6 +449,7 @@ static void on_request(void *owner, const struct message *message) {
   request->call.redelivered = message->redelivered;
   request->call.previous_deliveries = request->previous_deliveries;
   request->call.headers_length = message->headers_length;
+  if (worker->options.ack_early) settle(worker, message->delivery_tag, -1);
   worker->in_flight++;
   runtime_defer(worker->runtime, &request->job);
 }
@@ -467,6 +521,7 @@ static int setup_closed(void *owner, struct ad_error *error) {
 /* The reply of the request tagged `token` was confirmed (or refused). */
 static void confirmed(void *owner, uint64_t token, int ack) {
   struct worker *worker = owner;
+  if (token == 0) return; /* ack = "early": settled on receipt */
   worker->unconfirmed--;
   /* A refused reply would be refused again (a full reply queue that rejects
    * publishes): the request is dropped, dead-lettered if its queue says so. */
@@ -486,9 +541,24 @@ static void ready(void *owner) {
 
 /* The broker redelivers the requests in hand to another consumer; ours
  * finish, and their replies are dropped (see task_finished). */
+/* RabbitMQ closes a channel whose delivery stayed unacked longer than its
+ * consumer_timeout (30 min by default): the request comes back and runs
+ * again. Say so plainly, with the two ways out. */
+static void explain_consumer_timeout(const struct worker *worker, const struct ad_error *error) {
+  if (strcmp(error->code, ERR_PRECONDITION_FAILED) != 0 ||
+      !strstr(error->message, "delivery acknowledgement"))
+    return;
+  log_line(LOG_ERROR,
+           "worker '%s': a task ran longer than the broker's consumer_timeout allows an "
+           "unacknowledged request, so the broker closed the channel and will deliver the "
+           "request again; raise consumer_timeout (rabbitmq.conf; from RabbitMQ 3.12 also per "
+           "queue) above the longest task, or give the worker ack = \"early\" "
+           "(acked on receipt: at-most-once)", worker->name);
+}
+
 static void lost(void *owner, const struct ad_error *error) {
-  (void)error;
   struct worker *worker = owner;
+  explain_consumer_timeout(worker, error);
   worker->generation++;
   worker->unconfirmed = 0; /* their requests are redelivered */
   worker->probing = 0;
@@ -514,8 +584,11 @@ static int drained(void *owner) {
 
 static void stopped(void *owner) {
   struct worker *worker = owner;
-  log_line(LOG_INFO, "worker '%s' stopped (%lu served, %lu failed, %lu past their deadline)",
-           worker->name, worker->served, worker->failed, worker->expired);
+  log_line(LOG_INFO,
+           "worker '%s' stopped (%lu served, %lu failed, %lu past their deadline, %lu answered "
+           "from kept results)",
+           worker->name, worker->served, worker->failed, worker->expired,
+           worker->answered_from_cache);
 }
 
 static const struct lifecycle_ops worker_lifecycle = {
@@ -528,6 +601,7 @@ void worker_init(struct worker *worker, struct runtime *runtime) {
   worker->lifecycle.on_error_slot = WORKER_ON_ERROR_SLOT;
   worker->lifecycle.on_close_slot = WORKER_ON_CLOSE_SLOT;
   byte_buffer_init(&worker->reply);
+  result_cache_init(&worker->results, WORKER_RESULT_CACHE);
 }
 
 int worker_start(struct worker *worker, lua_State *L, int self) {
@@ -541,4 +615,5 @@ void worker_release(struct worker *worker) {
   byte_buffer_free(&worker->reply);
   free(worker->redeliveries);
   worker->redeliveries = NULL;
+  result_cache_free(&worker->results);
 }

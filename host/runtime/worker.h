@@ -10,6 +10,7 @@
 #include "byte_buffer.h"
 #include "connection.h"
 #include "lifecycle.h"
+#include "result_cache.h"
 #include "runtime.h"
 
 /* User values of the worker's userdata, set by the Lua binding. */
@@ -21,6 +22,8 @@
 /* The wire's content type for error replies (property `type`): Node callers
  * read only the body, ours raise the error it carries. */
 #define ERROR_REPLY_TYPE "error"
+
+#define WORKER_RESULT_CACHE 1000 /* replies kept by default */
 
 /* The worker's queue. The default is the Node protocol's: a classic queue,
  * not durable, not exclusive, not auto-deleted (which RabbitMQ 4.3 refuses
@@ -36,6 +39,7 @@ struct worker_options {
   struct worker_queue queue;
   int delivery_limit; /* earlier deliveries after which a request is refused; 0: none */
   int confirms;       /* ack a request only once the broker confirmed its reply */
+  int ack_early;      /* ack on receipt: at-most-once, for tasks longer than consumer_timeout */
 };
 
 /* Redeliveries this host saw, for queues that do not count them (classic):
@@ -61,7 +65,8 @@ struct worker {
   int declare_queue;   /* setup: the passive declare said there is none: make it */
   struct redelivery_count *redeliveries; /* allocated at the first redelivery */
   byte_buffer reply;
-  unsigned long served, failed, refused_over_limit, expired;
+  struct result_cache results; /* replies sent lately: a redelivery is answered again */
+  unsigned long served, failed, refused_over_limit, expired, answered_from_cache;
 };
 
 void worker_init(struct worker *worker, struct runtime *runtime);
