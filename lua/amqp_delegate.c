@@ -203,6 +203,15 @@ static void tls_options(lua_State *L, int options, struct tls_options *out) {
   lua_pop(L, 1);
 }
 
+/* $AMQP_DELEGATE_WAIT_FOR_BROKER (what `run` sets) is the default of
+ * wait_for_broker; plain Lua fails at once. */
+static double default_patience(void) {
+  const char *setting = getenv("AMQP_DELEGATE_WAIT_FOR_BROKER");
+  char *end;
+  double seconds = setting ? strtod(setting, &end) : 0;
+  return setting && *end == '\0' && seconds >= 0 && seconds <= MAX_SECONDS ? seconds : 0;
+}
+
 /* What every worker and delegator takes: url, tls, heartbeat,
  * connect_timeout, max_body, reconnect_max, on_error, on_close. */
 static void lifecycle_options(lua_State *L, int options, int self, struct lifecycle *out) {
@@ -216,6 +225,8 @@ static void lifecycle_options(lua_State *L, int options, int self, struct lifecy
                                                  (lua_Integer)1 << 31);
   out->reconnect_max = number_option(L, options, "reconnect_max", DEFAULT_RECONNECT_MAX, 0,
                                      3600, " (0: no reconnection)");
+  out->start_patience = number_option(L, options, "wait_for_broker", default_patience(), 0,
+                                      MAX_SECONDS, " (0: fail after one try of each broker)");
   hook_option(L, options, self, "on_error", out->on_error_slot);
   hook_option(L, options, self, "on_close", out->on_close_slot);
 }
@@ -225,7 +236,7 @@ static void lifecycle_options(lua_State *L, int options, int self, struct lifecy
 static const char *const worker_options[] = {
     "name", "task", "url", "on_error", "on_close", "concurrency", "heartbeat",
     "connect_timeout", "max_body", "max_depth", "reconnect_max", "tls", "queue",
-    "delivery_limit", "confirms", "ack", "result_cache", NULL};
+    "delivery_limit", "confirms", "ack", "result_cache", "wait_for_broker", NULL};
 
 /* ack = "late" (the default: once the reply went out) or "early" (on receipt). */
 static int ack_early_option(lua_State *L, int options) {
@@ -381,7 +392,7 @@ static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
 
 static const char *const delegator_options[] = {
     "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth",
-    "timeout", "reconnect_max", "tls", "retry", "confirms", NULL};
+    "timeout", "reconnect_max", "tls", "retry", "confirms", "wait_for_broker", NULL};
 
 static int new_delegator(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
@@ -759,6 +770,8 @@ __attribute__((visibility("default"))) int luaopen_amqp_delegate(lua_State *L) {
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, AMQP_DELEGATE_VERSION);
   lua_setfield(L, -2, "version");
+  lua_pushliteral(L, "amqp-delegate " AMQP_DELEGATE_VERSION);
+  lua_setfield(L, -2, "_VERSION");
   add_lua_helpers(L);
   return 1;
 }

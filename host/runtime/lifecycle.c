@@ -241,14 +241,37 @@ static void log_attempt_failed(struct lifecycle *lifecycle, const struct ad_erro
 
 /* ---- events ---- */
 
-/* The first start tries each broker once; later attempts go round them,
- * backing off after each whole round. */
+/* A first start may keep trying for start_patience seconds. */
+static int still_patient(const struct lifecycle *lifecycle) {
+  uint64_t now = uv_now(&lifecycle->runtime->loop);
+  return lifecycle->start_patience > 0 &&
+         now - lifecycle->start_began < runtime_milliseconds(lifecycle->start_patience);
+}
+
+/* Once per distinct error, as for reconnections. */
+static void log_waiting(struct lifecycle *lifecycle, const struct ad_error *error) {
+  if (strcmp(lifecycle->last_logged.code, error->code) == 0 &&
+      strcmp(lifecycle->last_logged.message, error->message) == 0)
+    return;
+  lifecycle->last_logged = *error;
+  log_line(LOG_WARN, "%s: waiting for the broker (for %g s at most): %s: %s", lifecycle->label,
+           lifecycle->start_patience, error->code, error->message);
+}
+
+/* The first start tries each broker once (and again, with backoff, while it
+ * is patient); later attempts go round them, backing off after each whole
+ * round. */
 static void setup_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
   drop_channel(lifecycle);
   int another = next_broker(lifecycle);
-  if (lifecycle->first_start && !another) {
+  if (lifecycle->first_start && !another && !still_patient(lifecycle)) {
     become_stopped(lifecycle, 0);
     end_start(lifecycle, error);
+    return;
+  }
+  if (lifecycle->first_start && !another) {
+    log_waiting(lifecycle, error);
+    schedule_backoff(lifecycle);
     return;
   }
   if (lifecycle->first_start)
@@ -388,6 +411,8 @@ int lifecycle_start(struct lifecycle *lifecycle, lua_State *L, int self) {
   lifecycle->last_logged.code[0] = '\0';
   shuffle_brokers(lifecycle);
   choose_first_broker(lifecycle);
+  uv_update_time(&lifecycle->runtime->loop);
+  lifecycle->start_began = uv_now(&lifecycle->runtime->loop);
   if (lifecycle->is_service) runtime_add_service(lifecycle->runtime, &lifecycle->service);
   struct ad_error error;
   if (open_channel(lifecycle, &error) != 0) {

@@ -68,6 +68,9 @@ struct lifecycle {
   int round_failures;      /* brokers that failed in a row */
   struct connection_options options;
   double reconnect_max; /* seconds, the backoff cap; 0: a loss stops it */
+  double start_patience; /* seconds the first start keeps trying (a host started before its
+                            broker); 0: it fails after one round of the brokers */
+  uint64_t start_began;  /* loop time (ms) of that first start */
   int on_error_slot, on_close_slot; /* user values of the owner holding the hooks */
   struct channel *channel;
   uv_timer_t *timer; /* the setup's deadline, then the backoff */

@@ -1,0 +1,91 @@
+-- Waiting for the broker at start: a host started before its broker serves once it comes up
+-- ($AMQP_DELEGATE_WAIT_FOR_BROKER, what `run` sets, or the wait_for_broker option), logging
+-- once that it waits; without patience a start fails after one try of each broker.
+local broker = require "spec.helpers.broker"
+local support = require "spec.support"
+local delegate = require "amqp_delegate"
+
+local unique = support.unique
+local slow = support.slow
+
+-- A free port on loopback (nothing listens there until a forwarder does).
+local function free_port()
+  for _ = 1, 50 do
+    local port = math.random(20000, 60000)
+    local _, status = broker.run("exec 3<>/dev/tcp/127.0.0.1/" .. port .. " 2>/dev/null")
+    if status ~= 0 then return port end
+  end
+  error("no free port")
+end
+
+-- Forwards port -> the test broker, from now on (a broker that comes up late).
+local function forward(port)
+  return broker.spawn(string.format("/usr/bin/python3 -c %s %d %d", broker.shell_quote([[
+import socket, sys, threading
+listen, target = int(sys.argv[1]), int(sys.argv[2])
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", listen))
+server.listen(16)
+print("listening", flush=True)
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data: break
+            b.sendall(data)
+    except OSError: pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+while True:
+    client, _ = server.accept()
+    upstream = socket.create_connection(("127.0.0.1", target))
+    threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+]]), port, broker.port()))
+end
+
+describe("waiting for the broker at start", function()
+  it("run, started before its broker, waits (logging it once) and serves when it comes up", function()
+    local name = unique("wait_host")
+    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    local port = free_port()
+    local host = support.host({ "spec/workers/sleeper.lua" }, { url = "amqp://guest:guest@127.0.0.1:" .. port,
+      env = { WORKER_NAME = name, AMQP_DELEGATE_WAIT_FOR_BROKER = "60" }, wait = false })
+    finally(function() host:kill() end)
+    assert(host:wait_for("waiting for the broker", 10 * slow, true), host:output())
+    broker.sleep(1.5)
+    assert.is_nil(host:status(), "still up, still trying\n" .. host:output())
+    local forwarder = forward(port)
+    finally(function() forwarder:kill() end)
+    assert(forwarder:wait_for("listening", 10 * slow, true), forwarder:output())
+    assert(host:wait_for("ready\n", 20 * slow, true), host:output())
+    local output = host:output()
+    assert.are.equal(1, select(2, output:gsub("waiting for the broker", "")), output)
+    local d = support.delegator()
+    finally(function() d:stop() end)
+    assert.are.equal("x", d:invoke(name, 0, "x"))
+  end)
+
+  it("wait_for_broker = n gives up after about n seconds with the broker's error", function()
+    local port = free_port()
+    local d = delegate.delegator({ url = "amqp://guest:secret@127.0.0.1:" .. port, wait_for_broker = 1 })
+    local ok, err = pcall(d.start, d)
+    assert.is_false(ok)
+    assert.are.equal("CONNECTION_FAILED", err.code)
+    assert.falsy(tostring(err):find("secret", 1, true))
+  end)
+
+  it("refuses a wait that is not a number of seconds", function()
+    for _, value in ipairs({ -1, 0 / 0, 1 / 0, {} }) do
+      local ok, err = pcall(delegate.delegator, { wait_for_broker = value })
+      assert.is_false(ok)
+      assert.are.equal("BAD_ARGUMENT", err.code)
+    end
+  end)
+
+  it("the module says its version", function()
+    assert.are.equal("amqp-delegate " .. delegate.version, delegate._VERSION)
+  end)
+end)
