@@ -3,6 +3,7 @@
 -- deadline that travels with the request, and a request past its deadline not run.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
+local defer = support.deferrer(function(fn) finally(fn) end)
 local delegate = require "amqp_delegate"
 
 local unique = support.unique
@@ -69,7 +70,7 @@ describe("the task's context", function()
   it("a Node worker still serves a request with headers (the Node protocol ignores them)", function()
     local name = unique("ctx_node")
     local node = broker.node_worker(name, "echo")
-    finally(function() node:kill() end)
+    defer(function() node:kill() end)
     assert.are.equal("x", delegator:invoke({ headers = { traceparent = TRACEPARENT } }, name, "x"))
   end)
 
@@ -85,13 +86,13 @@ describe("the task's context", function()
 
   it("a request whose deadline passed before its task could start is not run (acked, counted)", function()
     local name = unique("ctx_deadline")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
-    finally(function() os.remove(runs) end)
+    defer(function() os.remove(runs) end)
     -- two at a time, but the first holds the loop for 3 s: the second is read after its deadline
     local host = support.host({ "spec/workers/cpu_bound.lua" }, { env = { WORKER_NAME = name,
       HEARTBEAT = "2", RUNS_FILE = runs, WORKER_CONCURRENCY = "2" }, flags = { "--log-level", "debug" } })
-    finally(function() host:kill() end)
+    defer(function() host:kill() end)
     local long = delegator:send({ timeout = 20 * slow }, name, 3)
     delegate.sleep(0.5)
     local late = delegator:send({ timeout = 1 }, name, 0)

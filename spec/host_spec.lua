@@ -35,7 +35,7 @@ describe("amqp-delegate run", function()
     assert.are.equal(3, delegator:invoke("adder", 1, 2))
     assert.is_true(host:signal("TERM"))
     assert.are.equal(0, host:wait_exit(10))
-    assert.matches("worker 'adder' stopped %(1 served, 0 failed%)", host:output())
+    assert.matches("worker 'adder' stopped %(1 served, 0 failed", host:output())
     local queue = broker.queues().adder
     assert.are.equal(0, queue.consumers)
     assert.are.equal(0, queue.unacked)

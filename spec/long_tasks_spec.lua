@@ -5,6 +5,7 @@
 -- consumer_timeout is named when it closes the channel, and ack = "early" runs such a task once.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
+local defer = support.deferrer(function(fn) finally(fn) end)
 
 local unique = support.unique
 local slow = support.slow
@@ -38,12 +39,12 @@ describe("long tasks", function()
 
   it("a 30 s CPU-bound task on a worker with heartbeat 2 runs once and answers", function()
     local name = unique("long_cpu")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
-    finally(function() os.remove(runs) end)
+    defer(function() os.remove(runs) end)
     local host = support.host({ "spec/workers/cpu_bound.lua" },
       { env = { WORKER_NAME = name, HEARTBEAT = "2", RUNS_FILE = runs } })
-    finally(function() host:kill() end)
+    defer(function() host:kill() end)
     assert.are.equal("computed", delegator:invoke(name, 30))
     local count = select(2, (broker.read_file(runs) or ""):gsub("run\n", ""))
     assert.are.equal(1, count, "the task ran once\n" .. host:output())
@@ -55,16 +56,16 @@ describe("long tasks", function()
 
   it("a result lost with the connection is answered from the kept result on redelivery: the task ran once", function()
     local name = unique("long_kept")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
-    finally(function() os.remove(runs) end)
+    defer(function() os.remove(runs) end)
     local host = support.host({ "spec/workers/kept_result.lua" },
       { env = { WORKER_NAME = name, RUNS_FILE = runs } })
-    finally(function() host:kill() end)
+    defer(function() host:kill() end)
     local call = delegator:send({ timeout = 60 * slow }, name, 2, "kept")
     assert(broker.eventually(function() return count_lines(runs, "run") == 1 end, 10 * slow, 0.05))
     -- the broker stops reading what the host publishes: its reply and ack cannot leave
-    finally(function() set_memory_alarm(false) end)
+    defer(function() set_memory_alarm(false) end)
     set_memory_alarm(true)
     assert(broker.eventually(function() return count_lines(runs, "finished") == 1 end, 10 * slow, 0.05),
       "the task finished\n" .. host:output())
@@ -97,9 +98,9 @@ describe("long tasks", function()
 
     it("is named in the log when it closes the channel of a task that takes longer", function()
       local name = unique("long_timeout")
-      finally(function() pcall(broker.ctl, "delete_queue", name) end)
+      defer(function() pcall(broker.ctl, "delete_queue", name) end)
       local host, runs = serve(name, nil)
-      finally(function() host:kill(); os.remove(runs) end)
+      defer(function() host:kill(); os.remove(runs) end)
       delegator:send({ timeout = 30 * slow }, name, 3, "late")
       assert(host:wait_for("longer than the broker's consumer_timeout", 20 * slow, true), host:output())
       assert.truthy(host:output():find('ack = "early"', 1, true), host:output())
@@ -109,9 +110,9 @@ describe("long tasks", function()
 
     it("ack = 'early' acks on receipt: the long task runs once and answers", function()
       local name = unique("long_early")
-      finally(function() pcall(broker.ctl, "delete_queue", name) end)
+      defer(function() pcall(broker.ctl, "delete_queue", name) end)
       local host, runs = serve(name, "early")
-      finally(function() host:kill(); os.remove(runs) end)
+      defer(function() host:kill(); os.remove(runs) end)
       assert.are.equal("early", delegator:invoke({ timeout = 30 * slow }, name, 3, "early"))
       assert.are.equal(1, count_lines(runs, "run"), host:output())
       assert.falsy(host:output():find("consumer_timeout", 1, true), host:output())

@@ -71,6 +71,27 @@ function support.delegator(options)
   return delegate.delegator(options):start()
 end
 
+-- busted keeps only the last function given to finally() in a test: a deferrer keeps them
+-- all and runs them in reverse order (each protected; the first error is raised after).
+--   local defer = support.deferrer(function(fn) finally(fn) end)   -- in a spec file
+--   defer(function() host:kill() end)                               -- in a test, any number
+function support.deferrer(register)
+  local list = {}
+  return function(fn)
+    list[#list + 1] = fn
+    local mine = list
+    register(function()
+      if list == mine then list = {} end
+      local first_error
+      for i = #mine, 1, -1 do
+        local ok, err = pcall(mine[i])
+        if not ok and not first_error then first_error = err end
+      end
+      if first_error then error(first_error, 0) end
+    end)
+  end
+end
+
 -- A queue name no earlier run has used (queues outlive a spec on a reused broker).
 function support.unique(prefix)
   return string.format("%s_%d_%d", prefix, os.time(), math.random(1e9))

@@ -3,6 +3,7 @@
 -- once that it waits; without patience a start fails after one try of each broker.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
+local defer = support.deferrer(function(fn) finally(fn) end)
 local delegate = require "amqp_delegate"
 
 local unique = support.unique
@@ -49,22 +50,22 @@ end
 describe("waiting for the broker at start", function()
   it("run, started before its broker, waits (logging it once) and serves when it comes up", function()
     local name = unique("wait_host")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local port = free_port()
     local host = support.host({ "spec/workers/sleeper.lua" }, { url = "amqp://guest:guest@127.0.0.1:" .. port,
       env = { WORKER_NAME = name, AMQP_DELEGATE_WAIT_FOR_BROKER = "60" }, wait = false })
-    finally(function() host:kill() end)
+    defer(function() host:kill() end)
     assert(host:wait_for("waiting for the broker", 10 * slow, true), host:output())
     broker.sleep(1.5)
     assert.is_nil(host:status(), "still up, still trying\n" .. host:output())
     local forwarder = forward(port)
-    finally(function() forwarder:kill() end)
+    defer(function() forwarder:kill() end)
     assert(forwarder:wait_for("listening", 10 * slow, true), forwarder:output())
     assert(host:wait_for("ready\n", 20 * slow, true), host:output())
     local output = host:output()
     assert.are.equal(1, select(2, output:gsub("waiting for the broker", "")), output)
     local d = support.delegator()
-    finally(function() d:stop() end)
+    defer(function() d:stop() end)
     assert.are.equal("x", d:invoke(name, 0, "x"))
   end)
 
