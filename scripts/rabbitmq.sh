@@ -239,9 +239,12 @@ start_node() {
         "$RMQ_BIN/rabbitmq-server" > "$DIR/log/server.out" 2>&1 < /dev/null &
     echo $! > "$DIR/launcher.pid"
 
-    # wait: node answers ping, the app is booted, the AMQP port accepts connections
+    # wait: node registered in epmd, answers ping, the app is booted, the AMQP port accepts
+    # connections. (epmd first: asking it is cheap, while each ping starts an Erlang VM for the
+    # CLI, which slows down the nodes starting at the same time on few cores.)
     local deadline=$((SECONDS + START_TIMEOUT)) reason="the node did not answer ping"
-    local stage=ping
+    local stage=epmd
+    command -v epmd >/dev/null 2>&1 || stage=ping
     while :; do
         if ! node_alive; then
             mv -f "$DIR/env.tmp" "$DIR/env.failed" 2>/dev/null || true
@@ -250,6 +253,9 @@ start_node() {
             die "RabbitMQ failed to start in $DIR"
         fi
         case $stage in
+        epmd)
+            if epmd ${ERL_EPMD_PORT:+-port "$ERL_EPMD_PORT"} -names 2>/dev/null \
+                | grep "^name ${NODE%@*} at" >/dev/null; then stage=ping; continue; fi ;;
         ping)
             if CLI_TIMEOUT=20 cli rabbitmq-diagnostics -q ping >/dev/null 2>&1; then stage=boot; continue; fi ;;
         boot)
