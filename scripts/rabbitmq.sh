@@ -11,6 +11,10 @@
 #
 # After start, DIR/env holds shell-sourceable lines:
 #   AMQP_PORT, AMQP_URL, RABBITMQ_NODENAME, RABBITMQ_DIST_PORT, RABBITMQ_DIR, RABBITMQ_PID_FILE, ...
+# `start` on a DIR whose env exists but whose node is not running starts the node again on the
+# env's AMQP_PORT, AMQP_URL, AMQPS_PORT, RABBITMQ_DIST_PORT, RABBITMQ_NODENAME, with its data
+# and cookie (DIR/home/.erlang.cookie, made only when missing). scripts/cluster.sh relies on
+# this: it writes those lines, a shared cookie and DIR/advanced.config before the first start.
 #
 # Layout of DIR: home/ (HOME with this node's own .erlang.cookie), mnesia/, log/, rabbitmq.conf,
 # enabled_plugins, rabbitmq-env.conf (empty: keeps /etc/rabbitmq/rabbitmq-env.conf out),
