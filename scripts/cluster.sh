@@ -101,6 +101,20 @@ launcher_pid() { # K -> pid of the rabbitmq-server shell that runs node K's VM, 
 
 vm_alive() { [ -n "$(vm_pids "$1")" ]; }
 
+# After a SIGKILL the launcher shell exits, and stays a zombie until init reaps it, which
+# takes seconds here. rabbitmq.sh checks its pid files with kill -0, which a zombie passes: it
+# would refuse to start the node ("alive but does not answer") and take 30 s to stop it.
+# So the pid files of processes that do not run any more go, as rabbitmq.sh stop does itself.
+forget_dead_pids() { # K
+    local d f pid
+    d=$(node_dir "$1")
+    for f in launcher.pid rabbitmq.pid; do
+        [ -f "$d/$f" ] || continue
+        pid=$(tr -dc '0-9' < "$d/$f")
+        alive_pid "$pid" || rm -f "$d/$f"
+    done
+}
+
 wait_gone() { # seconds pid... -> 0 once none of them runs
     local deadline=$((SECONDS + $1)) p any; shift
     while :; do
@@ -129,6 +143,7 @@ kill_node() { # K: SIGKILL its VM (and the launcher shell), wait until both are 
         # shellcheck disable=SC2086
         wait_gone 5 $pids $lp || die "node $k did not exit after SIGKILL (pids $pids $lp)"
     fi
+    forget_dead_pids "$k"
     log "node $k ($(node_var NODE "$k")) killed${pids:+ (beam.smp pid $pids)}"
 }
 
@@ -170,6 +185,7 @@ wait_ports() { # seconds -> waits until the AMQP port of every node accepts conn
 start_nodes() { # K... -> rabbitmq.sh start DIR/nodeK for each, in parallel; 1 if any failed
     local k failed=() pids=()
     for k; do
+        forget_dead_pids "$k"
         bash "$RMQ_SH" start "$(node_dir "$k")" >/dev/null 2>"$DIR/node$k.start.log" &
         pids[k]=$!
     done
@@ -367,6 +383,7 @@ stop_nodes() { # every node of DIR, in parallel; then no VM of DIR may be left
     local k pids=() left
     for k in $(seq 1 $N); do
         [ -f "$(node_dir "$k")/env" ] || continue
+        forget_dead_pids "$k"
         timeout --kill-after=5 120 bash "$RMQ_SH" stop "$(node_dir "$k")" 2>"$DIR/node$k.stop.log" &
         pids[k]=$!
     done
