@@ -79,13 +79,13 @@ vm_pids() { # K -> the pid(s) of node K's beam.smp: the one in its pid file, els
     d=$(node_dir "$1")
     if [ -f "$d/rabbitmq.pid" ]; then
         pid=$(tr -dc '0-9' < "$d/rabbitmq.pid")
-        if alive_pid "$pid" && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-home $d/home "; then
+        if alive_pid "$pid" && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -F -- "-home $d/home " >/dev/null; then
             echo "$pid"
             return 0
         fi
     fi
     for p in $(pgrep -x beam.smp || true); do
-        tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF -- "-home $d/home " && alive_pid "$p" && echo "$p"
+        tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -F -- "-home $d/home " >/dev/null && alive_pid "$p" && echo "$p"
     done
     return 0
 }
