@@ -165,7 +165,8 @@ if [ -n "$cluster_pid" ]; then
     cluster_pid=""
     # shellcheck disable=SC1091
     . "$cluster_dir/env"
-    export CLUSTER_URLS CLUSTER_URL_1 CLUSTER_URL_2 CLUSTER_URL_3 CLUSTER_DIR_1 CLUSTER_DIR_2 CLUSTER_DIR_3 CLUSTER_ENV
+    export CLUSTER_URLS CLUSTER_URL_1 CLUSTER_URL_2 CLUSTER_URL_3 CLUSTER_DIR_1 CLUSTER_DIR_2 CLUSTER_DIR_3 CLUSTER_ENV \
+        CLUSTER_PORT_1 CLUSTER_PORT_2 CLUSTER_PORT_3 CLUSTER_NODE_1 CLUSTER_NODE_2 CLUSTER_NODE_3
     echo "RabbitMQ cluster up at $CLUSTER_URLS after $((SECONDS - t_broker))s"
 else
     echo "no RabbitMQ cluster (CLUSTER=0): the cluster specs are pending"
@@ -214,7 +215,8 @@ fi
 # are unset, so the cluster specs are pending there). Under valgrind every wait is stretched
 # 8 times while a node failover is timed by the broker, not by us; and three idle nodes hold
 # 600 MB and some CPU the instrumented runs can use.
-unset CLUSTER_URLS CLUSTER_URL_1 CLUSTER_URL_2 CLUSTER_URL_3 CLUSTER_DIR_1 CLUSTER_DIR_2 CLUSTER_DIR_3 CLUSTER_ENV
+unset CLUSTER_URLS CLUSTER_URL_1 CLUSTER_URL_2 CLUSTER_URL_3 CLUSTER_DIR_1 CLUSTER_DIR_2 CLUSTER_DIR_3 CLUSTER_ENV \
+    CLUSTER_PORT_1 CLUSTER_PORT_2 CLUSTER_PORT_3 CLUSTER_NODE_1 CLUSTER_NODE_2 CLUSTER_NODE_3
 if [ -n "$cluster_dir" ] && [ "${KEEP_BROKER:-0}" != 1 ]; then
     stop_cluster
 fi

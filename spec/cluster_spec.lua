@@ -34,14 +34,14 @@ end
 local ALL = urls({ 1, 2, 3 })
 
 local function cluster_sh(...)
-  local words = { "bash", q(os.getenv("CLUSTER_SH") or (ROOT .. "/scripts/cluster.sh")) }
+  local words = { "bash", q(ROOT .. "/scripts/cluster.sh") }
   for _, a in ipairs({ ... }) do words[#words + 1] = q(a) end
   local out, status, err = broker.run(table.concat(words, " ") .. " </dev/null")
   assert(status == 0, "cluster.sh " .. table.concat({ ... }, " ") .. " failed:\n" .. out .. err)
   return out
 end
 
-local RABBITMQ_SH = (os.getenv("CLUSTER_SH") or (ROOT .. "/scripts/cluster.sh")):gsub("cluster%.sh$", "rabbitmq.sh")
+local RABBITMQ_SH = ROOT .. "/scripts/rabbitmq.sh"
 
 -- rabbitmqctl on node k; returns its output, or nil and why when the node does not answer
 local function ctl_on(k, ...)
