@@ -193,4 +193,44 @@ delegate.sleep(60)
     assert.truthy(out:find("done", 1, true), out)
     assert.falsy(out:find("CONNECTION_LOST", 1, true), out)
   end)
+  -- host/runtime/worker.c on_request: a request past its x-deadline is acked and dropped
+  -- without a reply, logged at DEBUG only; x-deadline is an ordinary user header (a peer
+  -- whose x-deadline is in seconds, or whose clock runs behind, loses every request).
+  it("a request whose x-deadline has passed is answered with an error, not dropped in silence", function()
+    local delegate = require "amqp_delegate"
+    local name = unique("review_deadline")
+    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    local w = delegate.worker({ url = broker.url(), name = name, task = function() return "ran" end }):start()
+    finally(function() pcall(w.stop, w) end)
+    local d = delegate.delegator({ url = broker.url() }):start()
+    finally(function() pcall(d.stop, d) end)
+    local call = d:send({ timeout = 0, headers = { ["x-deadline"] = os.time() + 30 } }, name)
+    delegate.sleep(3 * slow)
+    assert.are.equal(1, w:stats().expired)
+    assert.falsy(tostring(call):find("in flight", 1, true), "the caller never hears: " .. tostring(call))
+  end)
+
+  -- host/runtime/delegator.c confirmed(): a nacked request with retries left goes again at
+  -- once (a returned one waits 200 ms): 20 calls with retry = 100 to a full queue made 2020
+  -- publishes in well under a second.
+  it("a refused (nacked) request waits before it goes again", function()
+    local delegate = require "amqp_delegate"
+    local name = unique("review_full")
+    broker.ctl("set_policy", name, "^" .. name .. "$", '{"max-length":0,"overflow":"reject-publish"}',
+      "--apply-to", "queues")
+    finally(function()
+      pcall(broker.ctl, "clear_policy", name)
+      pcall(broker.ctl, "delete_queue", name)
+    end)
+    local w = delegate.worker({ url = broker.url(), name = name, task = function() return 1 end }):start()
+    w:stop() -- the queue stays, full by the policy
+    local d = delegate.delegator({ url = broker.url() }):start()
+    finally(function() pcall(d.stop, d) end)
+    local t0 = os.time()
+    local ok, e = pcall(d.invoke, d, { retry = 5 }, name)
+    assert.is_false(ok)
+    assert.are.equal("NOT_CONFIRMED", e.code)
+    assert.are.equal(5, d:stats().retried)
+    assert.is_true(os.time() - t0 >= 1, "5 re-sends went out within the same second")
+  end)
 end)
