@@ -437,8 +437,9 @@ static int delegator_close_method(lua_State *L) {
 
 /* [options,] name, ...: reads the optional per-call options table and the
  * worker name; returns the index of the first argument of the call. */
-/* headers = {name = text | integer | boolean}: pushed as a header list
- * (header_list.h) in a Lua string, which stays on the stack for the call. */
+/* headers = {name = text | integer | boolean}: written as a header list
+ * (header_list.h) into a userdata that stays on the stack for the call (a
+ * luaL_Buffer cannot grow while lua_next walks the table above it). */
 static void headers_option(lua_State *L, int options, struct call_options *out) {
   static const char wrong[] = "a call's headers are {name = text, integer or boolean}, names "
                               "of 1 to 255 bytes, no NUL bytes";
@@ -447,8 +448,9 @@ static void headers_option(lua_State *L, int options, struct call_options *out) 
   if (lua_getfield(L, options, "headers") == LUA_TNIL) return;
   if (!lua_istable(L, -1)) bad_argument(L, "%s", wrong);
   int table = lua_gettop(L), count = 0;
-  luaL_Buffer list;
-  luaL_buffinit(L, &list);
+  const size_t capacity = HEADER_LIST_MAX_BYTES / 2;
+  char *list = lua_newuserdatauv(L, capacity, 0);
+  size_t used = 0;
   lua_pushnil(L);
   while (lua_next(L, table)) {
     size_t key_length = 0, value_length = 0;
@@ -463,16 +465,19 @@ static void headers_option(lua_State *L, int options, struct call_options *out) 
     if (!key || !kind || key_length == 0 || key_length > HEADER_KEY_MAX ||
         strlen(key) != key_length || strlen(value) != value_length)
       bad_argument(L, "%s", wrong);
-    if (++count > HEADER_LIST_MAX_ENTRIES / 2 ||
-        luaL_bufflen(&list) + key_length + value_length + 3 > HEADER_LIST_MAX_BYTES / 2)
+    if (strcmp(key, HEADER_DEADLINE) == 0)
+      bad_argument(L, "%s", "the header " HEADER_DEADLINE " comes from the call's timeout");
+    if (++count > HEADER_LIST_MAX_ENTRIES / 2 || used + key_length + value_length + 3 > capacity)
       bad_argument(L, "%s", "a call's headers are at most 32 and 4096 bytes");
-    luaL_addchar(&list, kind);
-    luaL_addlstring(&list, key, key_length + 1);
-    luaL_addlstring(&list, value, value_length + 1);
+    list[used++] = kind;
+    memcpy(list + used, key, key_length + 1);
+    used += key_length + 1;
+    memcpy(list + used, value, value_length + 1);
+    used += value_length + 1;
     lua_pop(L, 1);
   }
-  luaL_pushresult(&list);
-  out->headers = lua_tolstring(L, -1, &out->headers_length);
+  out->headers = list;
+  out->headers_length = used;
 }
 
 static int call_arguments(lua_State *L, struct call_options *options, const char **name) {

@@ -16,9 +16,10 @@ int64_t request_deadline(const char *headers, size_t headers_length) {
   struct header header;
   int64_t deadline;
   if (!header_list_find(headers, headers_length, HEADER_DEADLINE, &header) ||
-      !header_integer(&header, &deadline) || deadline <= 0)
+      !header_integer(&header, &deadline))
     return 0;
-  return deadline;
+  /* milliseconds since the epoch; anything before 2001 is not one (seconds, say) */
+  return deadline < 978307200000LL ? 0 : deadline;
 }
 
 static int has_key(const byte_buffer *out, const char *key) {

@@ -169,7 +169,9 @@ static void on_deadline(uv_timer_t *timer) {
     struct call *call = delegator->calls;
     char after[96];
     snprintf(after, sizeof after, "%g s%s", call->timeout,
-             call->sent ? "" : " (never sent: the delegator was not connected)");
+             call->sent        ? ""
+             : call->resend_at ? " (returned or refused by the broker, waiting to go again)"
+                               : " (never sent: the delegator was not connected)");
     delegator->stats.timed_out++;
     fail_call(delegator, call, ERR_TIMEOUT, "no reply from '%s' after %s", after);
   }
@@ -246,6 +248,16 @@ static void send_held(struct delegator *delegator) {
 }
 
 static void on_resend(uv_timer_t *timer) { send_held(timer->data); }
+
+/* A returned or refused request goes again after a pause (it was not
+ * enqueued: a worker may be declaring its queue, a full queue draining). */
+#define RESEND_PAUSE_MS 200
+
+static void resend_later(struct delegator *delegator, struct call *call) {
+  call->resend_at = uv_now(&delegator->runtime->loop) + RESEND_PAUSE_MS;
+  if (!uv_is_active((uv_handle_t *)delegator->resend_timer))
+    uv_timer_start(delegator->resend_timer, on_resend, RESEND_PAUSE_MS, 0);
+}
 
 /* A call that may go again does, and spends one retry. */
 static int spend_retry(struct delegator *delegator, struct call *call) {
@@ -397,18 +409,13 @@ static void on_reply(void *owner, const struct message *message) {
  * enqueued, so a call that may be re-sent goes again after a pause (a
  * worker failing over to another node declares its queue again); others
  * end NO_ROUTE at once, as in the Node protocol. */
-#define RETURN_PAUSE_MS 200
-
 static void on_return(void *owner, const struct message *message) {
   struct delegator *delegator = owner;
   struct call *call = take_call(delegator, &message->correlation_id);
   if (!call) return;
   unlink_unconfirmed(delegator, call); /* its confirm follows: nothing to do then */
   if (spend_retry(delegator, call)) {
-    uint64_t now = uv_now(&delegator->runtime->loop);
-    call->resend_at = now + RETURN_PAUSE_MS;
-    if (!uv_is_active((uv_handle_t *)delegator->resend_timer))
-      uv_timer_start(delegator->resend_timer, on_resend, RETURN_PAUSE_MS, 0);
+    resend_later(delegator, call);
     return;
   }
   call->failed = 1;
@@ -459,8 +466,8 @@ static void confirmed(void *owner, uint64_t serial, int ack) {
     call->confirmed = 1;
     return;
   }
-  if (spend_retry(delegator, call)) {
-    send_held(delegator);
+  if (spend_retry(delegator, call)) { /* the broker refused it: give it a moment */
+    resend_later(delegator, call);
     return;
   }
   delegator->stats.not_confirmed++;

@@ -449,6 +449,15 @@ void lifecycle_check_drained(struct lifecycle *lifecycle) {
   if (lifecycle->ops->stopped) lifecycle->ops->stopped(lifecycle->owner);
 }
 
+/* What a stop waits for from the broker (confirms) has its deadline too;
+ * the tasks in hand are the owner's to wait for. */
+static void on_stop_overdue(uv_timer_t *timer) {
+  struct lifecycle *lifecycle = timer->data;
+  if (lifecycle->state != LIFECYCLE_STOPPING) return;
+  lifecycle->stop_overdue = 1;
+  lifecycle_check_drained(lifecycle);
+}
+
 static void begin_stop(struct lifecycle *lifecycle) {
   if ((lifecycle->state == LIFECYCLE_STARTING || lifecycle->state == LIFECYCLE_BACKOFF) &&
       lifecycle->first_start) {
@@ -465,6 +474,10 @@ static void begin_stop(struct lifecycle *lifecycle) {
     return;
   }
   lifecycle->state = LIFECYCLE_STOPPING;
+  lifecycle->stop_overdue = 0;
+  uv_update_time(&lifecycle->runtime->loop);
+  uv_timer_start(lifecycle->timer, on_stop_overdue,
+                 runtime_milliseconds(lifecycle->options.connect_timeout), 0);
   lifecycle->ops->begin_stop(lifecycle->owner);
   lifecycle_check_drained(lifecycle);
 }

@@ -82,6 +82,7 @@ struct lifecycle {
   struct ad_error start_error;
   struct fiber *start_waiter;
   int stopped; /* set when a stop completes: plain stop() waits on it */
+  int stop_overdue; /* stopping for longer than connect_timeout: stop waiting on the broker */
   int was_open;
   /* hooks due, run from the job queue */
   struct job hooks_job;

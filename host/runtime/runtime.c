@@ -175,6 +175,8 @@ static void run_jobs(struct runtime *runtime) {
 struct fiber *runtime_wait_place(lua_State *L, struct runtime *runtime, const char *what) {
   if (runtime->closed)
     error_object_raisef(L, ERR_STOPPED, "%s: the Lua state is closing (a finalizer)", what);
+  /* a REPL's Ctrl-C (or a shell line) may have cleared the thread's hooks */
+  if (!lua_gethook(L)) keepalive_install(runtime, L);
   struct fiber *fiber = fiber_current(L);
   if (fiber) {
     if (lua_isyieldable(L)) return fiber;

@@ -26,9 +26,11 @@ struct task_context {
   struct short_string correlation_id, reply_to;
   int failed;         /* the reply buffer holds an error reply */
   int over_limit;     /* delivered more often than delivery_limit: refused, not run */
+  int64_t late_ms;    /* read this long after its deadline: answered TIMEOUT, not run */
   long previous_deliveries;
   size_t oversized;   /* the request's size when over the limit (body dropped) */
   struct call_context call; /* its pointers are set once it is in its fiber */
+  struct task_context *running_previous, *running_next; /* once running */
   size_t body_length, headers_length;
   char body[];        /* the request, decoded inside the fiber, then its headers */
 };
@@ -244,11 +246,30 @@ static void send_reply(struct task_context *context) {
 static void task_finished(struct fiber *fiber, int status) {
   struct task_context *context = fiber_context(fiber);
   struct worker *worker = context->worker;
+  if (context->running_previous) context->running_previous->running_next = context->running_next;
+  else worker->running = context->running_next;
+  if (context->running_next) context->running_next->running_previous = context->running_previous;
   if (status != LUA_OK) reply_fiber_failure(fiber, context);
   if (!context->failed) check_reply_size(context);
   send_reply(context);
   worker->served++;
   request_done(worker);
+}
+
+/* Its caller's deadline passed before it could start (the loop was held,
+ * or it waited in the prefetch): it is answered, not run. A caller still
+ * waiting (its clock behind ours) hears why; one that gave up drops it. */
+static void refuse_late(struct task_context *request) {
+  struct worker *worker = request->worker;
+  struct ad_error error;
+  error_set(&error, ERR_TIMEOUT,
+            "request for '%s' not run: its deadline had passed %lld ms before the worker "
+            "could start it", worker->name, (long long)request->late_ms);
+  log_line(LOG_INFO, "worker '%s': correlation id %s: %s", worker->name,
+           request->correlation_id.bytes, error.message);
+  reply_with_error(request, &error);
+  send_reply(request);
+  worker->expired++;
 }
 
 /* The request came too often: its caller hears why instead of a loop. */
@@ -286,6 +307,10 @@ static int start_task(lua_State *L) {
   context->call.correlation_id = &context->correlation_id;
   context->call.headers = context->body + context->body_length;
   fiber->call_context = &context->call;
+  context->running_previous = NULL;
+  context->running_next = worker->running;
+  if (worker->running) worker->running->running_previous = context;
+  worker->running = context;
   lua_State *thread = fiber->thread;
   lua_pushcfunction(thread, task_body);
   lua_rawgeti(L, LUA_REGISTRYINDEX, worker->lifecycle.self_ref);
@@ -329,8 +354,9 @@ static void run_request(struct job *job) {
     request_done(worker);
     return;
   }
-  if (request->over_limit) {
-    refuse_over_limit(request);
+  if (request->over_limit || request->late_ms) {
+    if (request->late_ms) refuse_late(request);
+    else refuse_over_limit(request);
     free(request);
     request_done(worker);
     return;
@@ -378,6 +404,27 @@ static long previous_deliveries(struct worker *worker, const struct message *mes
   return (long)++slot->count;
 }
 
+/* A redelivered request whose task still runs here (the connection was
+ * lost meanwhile): the running task answers it, with this delivery's tag. */
+static int join_running(struct worker *worker, const struct message *message) {
+  for (struct task_context *task = worker->running; task; task = task->running_next) {
+    if (task->correlation_id.length != message->correlation_id.length ||
+        task->reply_to.length != message->reply_to.length ||
+        memcmp(task->correlation_id.bytes, message->correlation_id.bytes,
+               message->correlation_id.length) != 0 ||
+        memcmp(task->reply_to.bytes, message->reply_to.bytes, message->reply_to.length) != 0)
+      continue;
+    if (task->generation == worker->generation) return 0; /* a duplicate on this channel */
+    task->delivery_tag = message->delivery_tag;
+    task->generation = worker->generation;
+    log_line(LOG_INFO, "worker '%s': request %s redelivered while its task still runs: that "
+             "task answers it, it does not run again", worker->name,
+             message->correlation_id.bytes);
+    return 1;
+  }
+  return 0;
+}
+
 /* A redelivered request this host has answered already: its reply or its
  * ack was lost with the connection. It gets the kept reply again. */
 static int answer_from_cache(struct worker *worker, const struct message *message) {
@@ -412,18 +459,11 @@ static void on_request(void *owner, const struct message *message) {
   }
   if (unanswerable(worker, message)) return;
   int64_t deadline = request_deadline(message->headers, message->headers_length);
-  if (deadline && deadline < wall_clock_ms()) { /* its caller has stopped waiting */
-    worker->expired++;
-    log_line(LOG_DEBUG, "worker '%s': request %s dropped, its deadline passed %lld ms ago",
-             worker->name, message->correlation_id.bytes,
-             (long long)(wall_clock_ms() - deadline));
-    settle(worker, message->delivery_tag, -1);
-    return;
-  }
+  int64_t late = deadline ? wall_clock_ms() - deadline : 0;
   if ((message->redelivered || message->delivery_count > 0) &&
-      answer_from_cache(worker, message))
+      (join_running(worker, message) || answer_from_cache(worker, message)))
     return;
-  size_t kept = message->body_too_large ? 0 : message->body_length;
+  size_t kept = message->body_too_large || late > 0 ? 0 : message->body_length;
   struct task_context *request = malloc(sizeof *request + kept + message->headers_length);
   if (!request) {
     settle(worker, message->delivery_tag, 1);
@@ -446,6 +486,7 @@ static void on_request(void *owner, const struct message *message) {
   if (message->headers_length)
     memcpy(request->body + kept, message->headers, message->headers_length);
   request->call.deadline_ms = deadline;
+  request->late_ms = late > 0 ? late : 0;
   request->call.redelivered = message->redelivered;
   request->call.previous_deliveries = request->previous_deliveries;
   request->call.headers_length = message->headers_length;
@@ -577,9 +618,15 @@ static void begin_stop(void *owner) {
     log_line(LOG_WARN, "worker '%s': %s", worker->name, error.message);
 }
 
+/* A reply held by a memory alarm is never confirmed until it ends: a stop
+ * does not wait for it (nor for confirms past the stop's deadline); the
+ * request goes back to the queue with the channel. */
 static int drained(void *owner) {
   const struct worker *worker = owner;
-  return worker->in_flight == 0 && worker->unconfirmed == 0;
+  struct channel *channel = lifecycle_channel(&worker->lifecycle);
+  return worker->in_flight == 0 &&
+         (worker->unconfirmed == 0 || worker->lifecycle.stop_overdue || !channel ||
+          channel_is_blocked(channel));
 }
 
 static void stopped(void *owner) {

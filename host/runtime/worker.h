@@ -33,6 +33,8 @@ struct worker_queue {
   int durable;      /* quorum queues always are */
 };
 
+struct task_context;
+
 struct worker_options {
   int prefetch;
   int max_depth;
@@ -64,6 +66,7 @@ struct worker {
   int probing;         /* setup: the passive declare is under way */
   int declare_queue;   /* setup: the passive declare said there is none: make it */
   struct redelivery_count *redeliveries; /* allocated at the first redelivery */
+  struct task_context *running; /* the tasks running now (in their fibers' contexts) */
   byte_buffer reply;
   struct result_cache results; /* replies sent lately: a redelivery is answered again */
   unsigned long served, failed, refused_over_limit, expired, answered_from_cache;

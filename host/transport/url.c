@@ -119,10 +119,33 @@ void url_copy(struct amqp_url *to, const struct amqp_url *from) {
       *parts[i] = to->text + (*parts[i] - from->text);
 }
 
+/* Where the URL that starts at text ends: at a comma followed (after
+ * spaces) by the next amqp:// or amqps:// URL; a comma elsewhere (in a
+ * password) is part of it. Trailing spaces are not counted. */
+static size_t one_url_length(const char *text, const char **next) {
+  const char *comma = text;
+  *next = NULL;
+  while ((comma = strchr(comma, ',')) != NULL) {
+    const char *after = comma + 1;
+    while (*after == ' ' || *after == '\t') after++;
+    if (strncmp(after, "amqp://", 7) == 0 || strncmp(after, "amqps://", 8) == 0 || !*after ||
+        *after == ',') {
+      *next = comma;
+      break;
+    }
+    comma++;
+  }
+  size_t length = *next ? (size_t)(*next - text) : strlen(text);
+  while (length && (text[length - 1] == ' ' || text[length - 1] == '\t')) length--;
+  return length;
+}
+
 int url_list_add(struct url_list *list, const char *text, struct ad_error *error) {
   int before = list->count;
-  for (const char *at = text;; at++) {
-    size_t length = strcspn(at, ",");
+  for (const char *at = text;;) {
+    while (*at == ' ' || *at == '\t') at++;
+    const char *next;
+    size_t length = one_url_length(at, &next);
     char one[URL_MAX_LENGTH];
     if (length >= sizeof one) {
       error_set(error, ERR_BAD_URL, "URL is longer than %d bytes", URL_MAX_LENGTH - 1);
@@ -147,8 +170,8 @@ int url_list_add(struct url_list *list, const char *text, struct ad_error *error
     }
     if (url_parse(&list->urls[list->count], one, error) != 0) goto refused;
     list->count++;
-    at += length;
-    if (*at != ',') return 0;
+    if (!next) return 0;
+    at = next + 1;
   }
 refused:
   list->count = before;
