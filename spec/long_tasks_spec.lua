@@ -62,12 +62,12 @@ describe("long tasks", function()
     local host = support.host({ "spec/workers/kept_result.lua" },
       { env = { WORKER_NAME = name, RUNS_FILE = runs } })
     defer(function() host:kill() end)
-    local call = delegator:send({ timeout = 60 * slow }, name, 2, "kept")
+    local call = delegator:send({ timeout = 60 * slow }, name, 6, "kept")
     assert(broker.eventually(function() return count_lines(runs, "run") == 1 end, 10 * slow, 0.05))
     -- the broker stops reading what the host publishes: its reply and ack cannot leave
     defer(function() set_memory_alarm(false) end)
     set_memory_alarm(true)
-    assert(broker.eventually(function() return count_lines(runs, "finished") == 1 end, 10 * slow, 0.05),
+    assert(broker.eventually(function() return count_lines(runs, "finished") == 1 end, 20 * slow, 0.05),
       "the task finished\n" .. host:output())
     broker.sleep(0.3)
     local connection = assert(connection_of(host:pid()), "the host's connection")

@@ -4,6 +4,7 @@
 -- PATH, so the instrumented runs wrap them) against $AMQP_DELEGATE_BUILD.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
+local defer = support.deferrer(function(fn) finally(fn) end)
 
 local q = broker.shell_quote
 local slow = support.slow
@@ -68,7 +69,7 @@ describe("review findings", function()
   -- stack for its placeholder, and the lua_pop that follows closes (frees) the new box.
   it("headers of 1.5 KiB (the documented limit is 4096 bytes) reach the task intact", function()
     local name = unique("review_headers")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local out, status = run_lua(30, [[
 local w = delegate.worker{url = URL, name = arg[2], task = function() return delegate.context().headers end}
 w:start()
@@ -109,7 +110,7 @@ w:stop() d:stop()
   -- (Before this change the stop completed and the request was redelivered.)
   it("worker:stop() returns within a bound while its last reply is held by a memory alarm", function()
     local name = unique("review_stop_alarm")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local flag = os.tmpname()
     os.remove(flag)
     local process = spawn_lua([[
@@ -127,7 +128,7 @@ w:stop()
 print("stopped after " .. (os.time() - t0)) io.stdout:flush()
 d:stop()
 ]], name, flag)
-    finally(function()
+    defer(function()
       os.remove(flag)
       process:kill()
       set_memory_alarm(false)
@@ -147,9 +148,9 @@ d:stop()
   -- host starts a second task.
   it("a request redelivered while its task still runs on this host does not run again", function()
     local name = unique("review_rerun")
-    finally(function() pcall(broker.ctl, "delete_queue", name) end)
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
-    finally(function() os.remove(runs) end)
+    defer(function() os.remove(runs) end)
     local worker = spawn_lua([[
 local name, runs = arg[2], arg[3]
 local w = delegate.worker{url = URL, name = name, reconnect_max = 0.5, task = function(x)
@@ -161,11 +162,11 @@ w:start()
 print("ready") io.stdout:flush()
 delegate.sleep(60)
 ]], name, runs)
-    finally(function() worker:kill() end)
+    defer(function() worker:kill() end)
     assert(worker:wait_for("ready\n", 10 * slow, true), worker:output())
     local delegate = require "amqp_delegate"
     local d = delegate.delegator({ url = broker.url(), timeout = 30 * slow }):start()
-    finally(function() pcall(d.stop, d) end)
+    defer(function() pcall(d.stop, d) end)
     local call = d:send(name, 21)
     assert(broker.eventually(function() return count_lines(runs, "run\n") == 1 end, 10 * slow, 0.05))
     local connection = assert(broker.eventually(function() return connection_of(worker:pid()) end,
@@ -181,7 +182,7 @@ delegate.sleep(60)
   -- longer than the heartbeat loses the connection.
   it("the shell keeps its connections through a CPU-bound second line", function()
     local input = os.tmpname()
-    finally(function() os.remove(input) end)
+    defer(function() os.remove(input) end)
     local f = assert(io.open(input, "w"))
     f:write('d = require("amqp_delegate").delegator{heartbeat = 2, url = os.getenv("AMQP_URL")}; d:start(); print("started")\n')
     f:write('local t = os.clock(); while os.clock() - t < 12 do end; print("spun")\n')
@@ -201,7 +202,7 @@ delegate.sleep(60)
   it("x-deadline is not a header a caller can set", function()
     local delegate = require "amqp_delegate"
     local d = delegate.delegator({ url = broker.url() }):start()
-    finally(function() pcall(d.stop, d) end)
+    defer(function() pcall(d.stop, d) end)
     local ok, err = pcall(d.send, d, { timeout = 0, headers = { ["x-deadline"] = os.time() + 30 } }, "x")
     assert.is_false(ok)
     assert.are.equal("BAD_ARGUMENT", err.code)
@@ -215,14 +216,14 @@ delegate.sleep(60)
     local name = unique("review_full")
     broker.ctl("set_policy", name, "^" .. name .. "$", '{"max-length":0,"overflow":"reject-publish"}',
       "--apply-to", "queues")
-    finally(function()
+    defer(function()
       pcall(broker.ctl, "clear_policy", name)
       pcall(broker.ctl, "delete_queue", name)
     end)
     local w = delegate.worker({ url = broker.url(), name = name, task = function() return 1 end }):start()
     w:stop() -- the queue stays, full by the policy
     local d = delegate.delegator({ url = broker.url() }):start()
-    finally(function() pcall(d.stop, d) end)
+    defer(function() pcall(d.stop, d) end)
     local t0 = os.time()
     local ok, e = pcall(d.invoke, d, { retry = 5 }, name)
     assert.is_false(ok)

@@ -13,7 +13,7 @@ local slow = support.slow
 local function free_port()
   for _ = 1, 50 do
     local port = math.random(20000, 60000)
-    local _, status = broker.run("exec 3<>/dev/tcp/127.0.0.1/" .. port .. " 2>/dev/null")
+    local _, status = broker.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" .. port .. "' 2>/dev/null")
     if status ~= 0 then return port end
   end
   error("no free port")
