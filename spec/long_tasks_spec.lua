@@ -8,28 +8,11 @@ local support = require "spec.support"
 local defer = support.deferrer(function(fn) finally(fn) end)
 
 local unique = support.unique
+local set_memory_alarm, connection_of = support.set_memory_alarm, support.connection_of
 local slow = support.slow
 
 local function count_lines(path, line)
   return select(2, (broker.read_file(path) or ""):gsub(line .. "\n", ""))
-end
-
--- The Erlang pid of the connection of process pid (its connection_name client property).
-local function connection_of(pid)
-  local out = broker.ctl("-q", "list_connections", "--no-table-headers", "pid", "client_properties")
-  for line in out:gmatch("[^\n]+") do
-    local name = line:match("^(.-)\t")
-    if name and line:find("amqp-delegate pid " .. pid .. "\"", 1, true) then return name end
-  end
-  return nil
-end
-
-local function set_memory_alarm(on)
-  broker.ctl("set_vm_memory_high_watermark", on and "0.0000001" or "0.4")
-  assert(broker.eventually(function()
-    local alarmed = broker.ctl("eval", "rabbit_alarm:get_alarms()."):find("memory", 1, true) ~= nil
-    return alarmed == on
-  end, 20 * slow, 0.2), "the memory alarm is " .. (on and "on" or "off"))
 end
 
 describe("long tasks", function()

@@ -27,23 +27,7 @@ local function queue_facts(name)
   return nil
 end
 
--- Declares a queue from an independent client (Node's amqplib).
-local function node_declare(name, options_json)
-  local js = [[
-const amqp = require('amqplib');
-(async () => {
-  const c = await amqp.connect(process.argv[1]);
-  const ch = await c.createChannel();
-  await ch.assertQueue(process.argv[2], JSON.parse(process.argv[3]));
-  await c.close();
-  console.log('declared');
-})().catch((e) => { console.error(String(e)); process.exit(1); });
-]]
-  local out, status, err = broker.run("env NODE_PATH=" .. q(broker.root() .. "/spec/node/node_modules")
-    .. " timeout " .. math.ceil(20 * slow) .. " node -e " .. q(js) .. " " .. q(broker.url()) .. " "
-    .. q(name) .. " " .. q(options_json) .. " </dev/null")
-  assert(status == 0 and out:find("declared", 1, true), "node could not declare " .. name .. ": " .. out .. err)
-end
+local node_declare = support.node_declare
 
 local function code_of(f, ...)
   local ok, err = pcall(f, ...)

@@ -9,6 +9,7 @@ local defer = support.deferrer(function(fn) finally(fn) end)
 local q = broker.shell_quote
 local slow = support.slow
 local unique = support.unique
+local set_memory_alarm, connection_of = support.set_memory_alarm, support.connection_of
 
 local scripts = {}
 local function script(code)
@@ -35,23 +36,6 @@ local function spawn_lua(code, ...)
   local words = { "lua5.4", q(script(code)), q(broker.url()) }
   for _, a in ipairs({ ... }) do words[#words + 1] = q(a) end
   return broker.spawn(table.concat(words, " "))
-end
-
-local function set_memory_alarm(on)
-  broker.ctl("set_vm_memory_high_watermark", on and "0.0000001" or "0.4")
-  assert(broker.eventually(function()
-    local alarmed = broker.ctl("eval", "rabbit_alarm:get_alarms()."):find("memory", 1, true) ~= nil
-    return alarmed == on
-  end, 20 * slow, 0.2), "the memory alarm is " .. (on and "on" or "off"))
-end
-
-local function connection_of(pid)
-  local out = broker.ctl("-q", "list_connections", "--no-table-headers", "pid", "client_properties")
-  for l in out:gmatch("[^\n]+") do
-    local name = l:match("^(.-)\t")
-    if name and l:find("amqp-delegate pid " .. pid .. "\"", 1, true) then return name end
-  end
-  return nil
 end
 
 local function count_lines(path, text)

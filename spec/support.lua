@@ -92,6 +92,50 @@ function support.deferrer(register)
   end
 end
 
+-- The test broker's memory alarm on or off (publishers are blocked while it is on); returns
+-- once the broker says so.
+function support.set_memory_alarm(on)
+  local broker = require "spec.helpers.broker"
+  broker.ctl("set_vm_memory_high_watermark", on and "0.0000001" or "0.4")
+  assert(broker.eventually(function()
+    local alarmed = broker.ctl("eval", "rabbit_alarm:get_alarms()."):find("memory", 1, true) ~= nil
+    return alarmed == on
+  end, 20 * support.slow, 0.2), "the memory alarm is " .. (on and "on" or "off"))
+end
+
+-- The Erlang pid of the broker connection of process `pid` (its connection_name client
+-- property, "amqp-delegate pid N"), for rabbitmqctl close_connection; nil when none.
+function support.connection_of(pid)
+  local broker = require "spec.helpers.broker"
+  local out = broker.ctl("-q", "list_connections", "--no-table-headers", "pid", "client_properties")
+  for line in out:gmatch("[^\n]+") do
+    local connection = line:match("^(.-)\t")
+    if connection and line:find("amqp-delegate pid " .. pid .. "\"", 1, true) then return connection end
+  end
+  return nil
+end
+
+-- Declares queue `name` from an independent client (Node's amqplib) with assertQueue
+-- options (a JSON object as text), then disconnects.
+function support.node_declare(name, options_json)
+  local broker = require "spec.helpers.broker"
+  local q = broker.shell_quote
+  local js = [[
+const amqp = require('amqplib');
+(async () => {
+  const c = await amqp.connect(process.argv[1]);
+  const ch = await c.createChannel();
+  await ch.assertQueue(process.argv[2], JSON.parse(process.argv[3]));
+  await c.close();
+  console.log('declared');
+})().catch((e) => { console.error(String(e)); process.exit(1); });
+]]
+  local out, status, err = broker.run("env NODE_PATH=" .. q(broker.root() .. "/spec/node/node_modules")
+    .. " timeout " .. math.ceil(20 * support.slow) .. " node -e " .. q(js) .. " " .. q(broker.url())
+    .. " " .. q(name) .. " " .. q(options_json) .. " </dev/null")
+  assert(status == 0 and out:find("declared", 1, true), "node could not declare " .. name .. ": " .. out .. err)
+end
+
 -- A queue name no earlier run has used (queues outlive a spec on a reused broker).
 function support.unique(prefix)
   return string.format("%s_%d_%d", prefix, os.time(), math.random(1e9))
