@@ -1,5 +1,6 @@
--- The command line: `amqp-delegate call`, --help/--version of every command, exit codes,
--- log lines, and passwords that never show.
+-- The command line: `amqp-delegate call`, option parsing (anywhere, short forms, =, typos),
+-- URL lists, --help/--version of every command, log lines, and passwords that
+-- never show.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
 
@@ -93,7 +94,7 @@ describe("amqp-delegate call", function()
     assert.matches("call needs a worker NAME", err)
     _, status, err = host("call", "--frobnicate", "adder")
     assert.are.equal(2, status)
-    assert.matches("unknown option %-%-frobnicate", err)
+    assert.matches("unknown option %-%-frobnicate %(see amqp%-delegate call %-%-help%)", err)
     _, status, err = host("call", "--timeout", "soon", "adder")
     assert.are.equal(2, status)
     assert.matches("%-%-timeout takes a number of seconds", err)
@@ -159,7 +160,7 @@ describe("amqp-delegate --help and --version", function()
     for _, command in ipairs({ "run", "call", "shell" }) do
       assert.matches("\n  " .. command .. " ", out)
     end
-    assert.matches("exit status:", out)
+    assert.matches("exit status %(the same for run, call and shell%):", out)
     for _, command in ipairs({ "run", "call", "shell" }) do
       out, status = host(command, "--help")
       assert.are.equal(0, status, command)
@@ -244,5 +245,141 @@ describe("amqp-delegate run", function()
     assert.matches("%-%-concurrency takes 1 to 65535", err)
     _, status = host("run", "--timeout", "1", "scripts/adder.lua")
     assert.are.equal(2, status)
+  end)
+end)
+
+describe("amqp-delegate option parsing", function()
+  setup(function() support.host({ "scripts/adder.lua", "spec/workers/values.lua" }) end)
+  teardown(function() broker.kill_all() end)
+
+  it("takes options after the operands, and before the command", function()
+    local out, status, err = host("call", "adder", "10", "15", "--url", broker.url())
+    assert.are.equal(0, status, err)
+    assert.are.equal("25\n", out)
+    out, status, err = host("--url", broker.url(), "call", "adder", "1", "2")
+    assert.are.equal(0, status, err)
+    assert.are.equal("3\n", out)
+    -- `run greet.lua --url URL` used to say `cannot open --url`
+    local name = support.unique("cli_after")
+    local p = broker.spawn(q(support.host_binary()) .. " run " .. q(broker.root() .. "/spec/workers/cli_env.lua")
+      .. " --url " .. q(broker.url()), { env = { CLI_ENV_NAME = name } })
+    assert.is_true((p:wait_for("\nready\n", 20 * support.slow, true)), p:output())
+    out, status, err = host("call", name, "--url", broker.url())
+    assert.are.equal(0, status, err)
+    assert.are.equal('"env"\n', out)
+    p:kill()
+  end)
+
+  it("takes short forms, --name=value, grouped flags and -VALUE attached", function()
+    local out, status, err = host("call", "-u", broker.url(), "-t", "5", "-l", "warn", "adder", "2", "3")
+    assert.are.equal(0, status, err)
+    assert.are.equal("5\n", out)
+    out, status, err = host("call", "--url=" .. broker.url(), "--timeout=5", "--log-level=warn", "adder", "2", "4")
+    assert.are.equal(0, status, err)
+    assert.are.equal("6\n", out)
+    out, status, err = host("call", "-u" .. broker.url(), "-t5", "-p", "lua_echo", '"bare"')
+    assert.are.equal(0, status, err)
+    assert.are.equal('"bare"\n', out)
+    for _, command in ipairs({ "run", "call", "shell" }) do
+      out, status = host(command, "-h")
+      assert.are.equal(0, status, command)
+      assert.matches("^usage: amqp%-delegate " .. command .. " ", out)
+      out, status = host(command, "-V")
+      assert.are.equal(0, status, command)
+      assert.matches("^amqp%-delegate %d+%.%d+%.%d+ %(Lua 5%.4", out)
+    end
+    -- run: -c is --concurrency (the prefetch shows in the log), -l the log level
+    local p = broker.spawn(q(support.host_binary()) .. " run -c3 -l info -u " .. q(broker.url()) .. " "
+      .. q(broker.root() .. "/spec/workers/cli_env.lua"), { env = { CLI_ENV_NAME = support.unique("cli_short") } })
+    assert.is_true((p:wait_for("\nready\n", 20 * support.slow, true)), p:output())
+    assert.matches("%(prefetch 3%)", p:output())
+    p:kill()
+  end)
+
+  it("reads a word starting with a digit after '-' as an ARG, and everything after -- as operands", function()
+    local out, status, err = host("call", "--url", broker.url(), "adder", "-3", "-4.5")
+    assert.are.equal(0, status, err)
+    assert.are.equal("-7.5\n", out)
+    out, status, err = host("call", "--url", broker.url(), "--", "-not-an-option")
+    assert.are.equal(1, status)
+    assert.matches("^NO_ROUTE: no worker serves '%-not%-an%-option'", err)
+  end)
+
+  it("suggests the command or option meant", function()
+    local _, status, err = host("rn", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("^amqp%-delegate: unknown command 'rn': did you mean 'run'%?\n", err)
+    _, status, err = host("shel")
+    assert.are.equal(2, status)
+    assert.matches("did you mean 'shell'%?", err)
+    _, status, err = host("call", "--tiemout", "5", "adder")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: unknown option --tiemout: did you mean --timeout? (see amqp-delegate call --help)\n", err)
+    _, status, err = host("run", "--concurency", "2", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("did you mean %-%-concurrency%?", err)
+    _, status, err = host("run", "--queue", "quorum", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("did you mean %-%-queue%-type%?", err)
+    _, status, err = host("run", "--timeout", "1", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("%-%-timeout is not an option of run", err)
+  end)
+
+  it("says what is wrong with a value: missing, an option instead, or one it does not take", function()
+    local _, status, err = host("call", "adder", "--url")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: --url needs a value\n", err)
+    _, status, err = host("call", "--url", "--timeout", "5", "adder")
+    assert.are.equal(2, status)
+    assert.matches("%-%-url needs a value, not the option '%-%-timeout'", err)
+    _, status, err = host("call", "--pretty=yes", "adder")
+    assert.are.equal(2, status)
+    assert.matches("%-%-pretty takes no value", err)
+    _, status, err = host("call", "-x", "adder")
+    assert.are.equal(2, status)
+    assert.matches("unknown option %-x", err)
+  end)
+end)
+
+describe("amqp-delegate --url lists and --queue-type", function()
+  after_each(function() broker.kill_all() end)
+
+  -- (valgrind keeps its own copy of the command line, passwords included, in /proc/PID/cmdline)
+  local it_not_under_valgrind = support.under_valgrind and pending or it
+  it_not_under_valgrind("joins repeated and comma-separated --url into one list for the core, every password hidden from ps", function()
+    local first, second, third = "amqp://a:pw1one@127.0.0.1:1/", "amqp://b:pw2two@127.0.0.1:2", "amqp://c:pw3three@127.0.0.1:3/v"
+    local p = broker.spawn(q(support.host_binary()) .. " run --url " .. q(first) .. " -u " .. q(second .. "," .. third)
+      .. " " .. q(broker.root() .. "/spec/workers/cli_env.lua"), { env = { CLI_ENV_WAIT = "20" } })
+    assert.is_true((p:wait_for("AMQP_DELEGATE_QUEUE_TYPE=", 10 * support.slow, true)), p:output())
+    assert.matches("AMQP_URL=" .. (first .. "," .. second .. "," .. third):gsub("%p", "%%%0") .. "\n", p:output())
+    local cmdline = (broker.read_file("/proc/" .. p:pid() .. "/cmdline") or ""):gsub("%z", " ")
+    assert.matches("amqp://a:%*+@127%.0%.0%.1:1/ %-u amqp://b:%*+@127%.0%.0%.1:2,amqp://c:%*+@127%.0%.0%.1:3/v", cmdline)
+    for _, password in ipairs({ "pw1one", "pw2two", "pw3three" }) do
+      assert.falsy(cmdline:find(password, 1, true), cmdline)
+    end
+    p:kill()
+  end)
+
+  it("never prints a password of a URL list in its errors", function()
+    local out, status, err = host("call", "--url", "amqp://guest:s3cret@127.0.0.1:1/,amqp://guest:s3cr3t2@127.0.0.1:2/",
+      "-u", "amqp://guest:s3cr3t3@127.0.0.1:3/", "adder", "1")
+    assert.is_true(status == 2 or status == 3, "status " .. status .. ": " .. err)
+    for _, password in ipairs({ "s3cret", "s3cr3t2", "s3cr3t3" }) do
+      assert.falsy((out .. err):find(password, 1, true), out .. err)
+    end
+  end)
+
+  it("passes --queue-type to the core and refuses a type it does not know", function()
+    local p = broker.spawn(q(support.host_binary()) .. " run --queue-type quorum --url " .. q(broker.url())
+      .. " " .. q(broker.root() .. "/spec/workers/cli_env.lua"), { env = { CLI_ENV_NAME = support.unique("cli_qt") } })
+    assert.is_true((p:wait_for("AMQP_DELEGATE_QUEUE_TYPE=", 10 * support.slow, true)), p:output())
+    assert.matches("AMQP_DELEGATE_QUEUE_TYPE=quorum\n", p:output())
+    p:kill()
+    local _, status, err = host("run", "--queue-type", "durable", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: --queue-type takes classic or quorum, not 'durable'\n", err)
+    local out = host("run", "--help")
+    assert.matches("%-%-queue%-type TYPE +queue type for workers' queues the host declares: classic or\n +quorum %(default: the Node protocol's transient classic queue%)", out)
   end)
 end)

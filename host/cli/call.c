@@ -33,11 +33,13 @@ static const char call_usage[] =
     "options:\n"
     URL_HELP
     TLS_HELP
-    "  --timeout SECONDS    give up waiting for the reply after that long (TIMEOUT, exit 4);\n"
-    "                       0 waits as long as it takes; default: the delegator's (30)\n"
-    "  --pretty             print the result indented for people instead of compact JSON\n"
+    "  -t, --timeout SECONDS  give up waiting for the reply after that long (TIMEOUT,\n"
+    "                       exit 4); 0 waits as long as it takes; default: 30\n"
+    "  -p, --pretty         print the result indented for people instead of compact JSON\n"
     LOG_HELP
-    "  --help, --version\n"
+    HELP_VERSION_HELP
+    OPTIONS_ANYWHERE_HELP
+    "(An ARG such as -3 is a number, not an option.)\n"
     "\n"
     EXIT_CODES_HELP;
 
@@ -101,10 +103,10 @@ static int call(lua_State *L) {
   return 1;
 }
 
-int command_call(int argc, char **argv) {
+int command_call(int argc, char **argv, int command) {
   log_set_level(LOG_WARN); /* CALL_LOG_LEVEL, until --log-level says otherwise */
   struct options options;
-  int status = parse_options(argc, argv,
+  int status = parse_options(argc, argv, command,
                              OPTION_URL | OPTION_TIMEOUT | OPTION_LOG_LEVEL | OPTION_PRETTY |
                                  OPTION_TLS,
                              call_usage, CALL_LOG_LEVEL, &options);

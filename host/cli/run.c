@@ -27,9 +27,12 @@ static const char run_usage[] =
     "options:\n"
     URL_HELP
     TLS_HELP
-    "  --concurrency N      tasks each worker runs at once (prefetch), default 1\n"
+    "  -c, --concurrency N  tasks each worker runs at once (prefetch), default 1\n"
+    "  --queue-type TYPE    queue type for workers' queues the host declares: classic or\n"
+    "                       quorum (default: the Node protocol's transient classic queue)\n"
     LOG_HELP
-    "  --help, --version\n"
+    HELP_VERSION_HELP
+    OPTIONS_ANYWHERE_HELP
     "\n"
     "exit status: 0 stopped by a signal, 1 a file failed to load or a worker to start, or\n"
     "every worker stopped because it could not go on, 2 usage, 128 + signal after a second\n"
@@ -147,16 +150,18 @@ static int run(lua_State *L) {
   return 0;
 }
 
-int command_run(int argc, char **argv) {
+int command_run(int argc, char **argv, int command) {
   struct options options;
-  int status = parse_options(argc, argv,
-                             OPTION_URL | OPTION_CONCURRENCY | OPTION_LOG_LEVEL | OPTION_TLS,
+  int status = parse_options(argc, argv, command,
+                             OPTION_URL | OPTION_CONCURRENCY | OPTION_LOG_LEVEL | OPTION_TLS |
+                                 OPTION_QUEUE_TYPE,
                              run_usage, RUN_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count == 0)
     return fail(EXIT_USAGE, "run needs at least one worker FILE (see amqp-delegate run --help)");
   /* Delegators and workers the files make themselves use the same broker. */
   if (options.url) setenv("AMQP_URL", options.url, 1);
+  if (options.queue_type) setenv("AMQP_DELEGATE_QUEUE_TYPE", options.queue_type, 1);
   lua_State *L = new_state();
   if (!L) return fail(EXIT_FAILED, "cannot create a Lua state");
   lua_pushcfunction(L, traceback);

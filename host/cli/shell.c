@@ -38,7 +38,8 @@ static const char shell_usage[] =
     URL_HELP
     TLS_HELP
     LOG_HELP
-    "  --help, --version\n"
+    HELP_VERSION_HELP
+    OPTIONS_ANYWHERE_HELP
     "\n"
     "exit status: 0 (or the code given to exit()), 2 usage, 3 the delegator cannot connect.\n";
 
@@ -287,11 +288,8 @@ static void execute(lua_State *L) {
 }
 
 static void banner(const struct options *options) {
-  struct amqp_url url;
-  struct ad_error error;
-  const char *where = "?";
-  if (url_parse(&url, options->url ? options->url : url_default(), &error) == 0)
-    where = url.redacted;
+  char where[2048]; /* --url may be a list: every URL of it redacted */
+  url_redact_text(options->url ? options->url : url_default(), where, sizeof where);
   printf("amqp-delegate %s shell (%s): `delegator` is started on %s, `delegate` is "
          "require \"amqp_delegate\", any other name calls that worker: adder(10, 15). "
          "Ctrl-D or exit() leaves.\n",
@@ -350,11 +348,11 @@ static void repl(lua_State *L) {
   free(chunk);
 }
 
-int command_shell(int argc, char **argv) {
+int command_shell(int argc, char **argv, int command) {
   log_set_level(LOG_WARN); /* SHELL_LOG_LEVEL, until --log-level says otherwise */
   struct options options;
-  int status = parse_options(argc, argv, OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS, shell_usage,
-                             SHELL_LOG_LEVEL, &options);
+  int status = parse_options(argc, argv, command, OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS,
+                             shell_usage, SHELL_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count > 0)
     return fail(EXIT_USAGE, "shell takes no arguments (see amqp-delegate shell --help)");
