@@ -1,5 +1,5 @@
 -- The command line: `amqp-delegate call`, option parsing (anywhere, short forms, =, typos),
--- URL lists, --help/--version of every command, log lines, and passwords that
+-- URL lists, --help/--version of every command, load errors, log lines, and passwords that
 -- never show.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
@@ -381,5 +381,43 @@ describe("amqp-delegate --url lists and --queue-type", function()
     assert.are.equal("amqp-delegate: --queue-type takes classic or quorum, not 'durable'\n", err)
     local out = host("run", "--help")
     assert.matches("%-%-queue%-type TYPE +queue type for workers' queues the host declares: classic or\n +quorum %(default: the Node protocol's transient classic queue%)", out)
+  end)
+end)
+
+describe("amqp-delegate run: files that do not load", function()
+  local root = broker.root()
+
+  it("says so in one line naming the file, without a Lua traceback", function()
+    for file, expected in pairs({
+      ["spec/workers/syntax_error.lua"] = "syntax_error%.lua:4: unexpected symbol near 'end'",
+      ["spec/workers/load_error.lua"] = "load_error%.lua:3: attempt to index a nil value %(local 'missing'%)",
+      ["spec/workers/nonexistent.lua"] = "cannot open [^\n]*nonexistent%.lua: No such file or directory",
+    }) do
+      local out, status, err = host("run", "--url", "amqp://guest:guest@127.0.0.1:1/", root .. "/" .. file)
+      assert.are.equal(1, status, file)
+      assert.are.equal("", out)
+      assert.matches("^amqp%-delegate: [^\n]*" .. expected .. "\n$", err)
+    end
+  end)
+
+  it("names the file whose worker cannot be made, when several are given", function()
+    local _, status, err = host("run", "--url", "amqp://guest:guest@127.0.0.1:1/", root .. "/scripts/adder.lua",
+      root .. "/spec/workers/cli_no_name.lua")
+    assert.are.equal(1, status)
+    assert.matches("^amqp%-delegate: [^\n]*/spec/workers/cli_no_name%.lua: MISSING_NAME: [^\n]*\n$", err)
+  end)
+
+  it("refuses a file that returns no worker and starts none", function()
+    local _, status, err = host("run", "--url", "amqp://guest:guest@127.0.0.1:1/", root .. "/scripts/adder.lua",
+      root .. "/spec/workers/cli_returns_nothing.lua")
+    assert.are.equal(1, status)
+    assert.matches("^amqp%-delegate: [^\n]*/spec/workers/cli_returns_nothing%.lua returns no worker and starts none", err)
+    assert.are.equal(1, select(2, err:gsub("\n", "")))
+  end)
+
+  it("adds the traceback at --log-level debug", function()
+    local _, status, err = host("run", "--log-level", "debug", root .. "/spec/workers/load_error.lua")
+    assert.are.equal(1, status)
+    assert.matches("load_error%.lua:3: attempt to index a nil value[^\n]*\nstack traceback:\n[^\n]*load_error%.lua:3: in main chunk", err)
   end)
 end)
