@@ -1,6 +1,6 @@
 -- The command line: `amqp-delegate call`, option parsing (anywhere, short forms, =, typos),
 -- URL lists, --help/--version of every command, load errors, log lines, and passwords that
--- never show.
+-- never show. (Exit statuses: spec/exit_status_spec.lua.)
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
 
@@ -467,5 +467,26 @@ describe("amqp-delegate run: files that do not load", function()
     local _, status, err = host("run", "--log-level", "debug", root .. "/spec/workers/load_error.lua")
     assert.are.equal(1, status)
     assert.matches("load_error%.lua:3: attempt to index a nil value[^\n]*\nstack traceback:\n[^\n]*load_error%.lua:3: in main chunk", err)
+  end)
+end)
+
+describe("amqp-delegate and the default URL", function()
+  it("says how to point at a broker when nothing answers at amqp://localhost", function()
+    local _, open = broker.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672' 2>/dev/null")
+    if open == 0 then
+      pending("a broker listens on localhost:5672 here")
+      return
+    end
+    local words = "env -u AMQP_URL " .. q(support.host_binary())
+    for _, command in ipairs({ "call adder 1 2", "run " .. q(broker.root() .. "/scripts/adder.lua"), "shell" }) do
+      local _, status, err = broker.run(words .. " " .. command .. " </dev/null")
+      assert.are.equal(3, status, command .. ": " .. err)
+      assert.matches("CONNECTION_FAILED: cannot connect to localhost:5672", err)
+      assert.matches("\namqp%-delegate: nothing answers at amqp://localhost %(the default URL%): start RabbitMQ there, or point at a broker with %-%-url URL or AMQP_URL=", err)
+    end
+    -- a URL someone chose gets no hint
+    local _, status, err = host("call", "--url", "amqp://localhost:1", "adder")
+    assert.are.equal(3, status)
+    assert.falsy(err:find("nothing answers", 1, true), err)
   end)
 end)
