@@ -33,7 +33,8 @@
   "  --cert-file FILE, --key-file FILE   a client certificate and its key\n"
 #define HELP_VERSION_HELP "  -h, --help           this text; -V, --version: the versions\n"
 #define OPTIONS_ANYWHERE_HELP                                                               \
+  "\n"                                                                                        \
   "Options may come anywhere before `--`, as --name VALUE, --name=VALUE, -n VALUE or\n"       \
-  "-nVALUE; short options without a value may be grouped (-pr).\n"
+  "-nVALUE; short options without a value may be grouped.\n"
 
 #endif
