@@ -42,11 +42,12 @@ function Terminal:screen()
   return (self.process:output():gsub("\r", ""))
 end
 
--- Waits until the screen matches the plain text `expected` after position `from`.
+-- Waits until the screen matches the plain text `expected` after position `from` (longer
+-- under valgrind: support.slow).
 function Terminal:wait_for(expected, seconds, from)
   local found = broker.eventually(function()
     return self:screen():find(expected, from or 1, true)
-  end, seconds or 10, 0.05)
+  end, (seconds or 10) * support.slow, 0.05)
   assert(found, string.format("the terminal never showed %q; it shows:\n%s", expected, self:screen()))
   return found
 end
@@ -65,7 +66,7 @@ function Terminal:close()
   if self.process:alive() then -- Ctrl-D, as a person leaves (killing `script` takes seconds)
     self.keyboard:write("\4")
     self.keyboard:flush()
-    self.process:wait_exit(5)
+    self.process:wait_exit(5 * support.slow)
   end
   self.keyboard:close()
   os.remove(self.fifo)
@@ -196,7 +197,7 @@ describe("amqp-delegate shell", function()
     assert.truthy(broker.eventually(function() return connections() == idle + 1 end, 10))
     shell.keyboard:write("\4")
     shell.keyboard:flush()
-    assert.are.equal(0, shell.process:wait_exit(10), shell:screen())
+    assert.are.equal(0, shell.process:wait_exit(10 * support.slow), shell:screen())
     assert.truthy(broker.eventually(function() return connections() == idle end, 10),
       "the delegator's connection is still open")
   end)
@@ -206,13 +207,13 @@ describe("amqp-delegate shell", function()
     shell:wait_for("\n> ")
     shell.keyboard:write("exit(3)\n")
     shell.keyboard:flush()
-    assert.are.equal(3, shell.process:wait_exit(10), shell:screen())
+    assert.are.equal(3, shell.process:wait_exit(10 * support.slow), shell:screen())
     shell:close()
     shell = terminal()
     shell:wait_for("\n> ")
     shell.keyboard:write("os.exit(true)\n")
     shell.keyboard:flush()
-    assert.are.equal(0, shell.process:wait_exit(10), shell:screen())
+    assert.are.equal(0, shell.process:wait_exit(10 * support.slow), shell:screen())
   end)
 
   it("edits the line being typed: cursor keys, Ctrl-A", function()
@@ -283,7 +284,7 @@ describe("amqp-delegate shell", function()
 
   it("exits 3 with one line when the broker cannot be reached", function()
     shell = terminal({ "--url", "amqp://guest:s3cret@127.0.0.1:1/" })
-    assert.are.equal(3, shell.process:wait_exit(20), shell:screen())
+    assert.are.equal(3, shell.process:wait_exit(20 * support.slow), shell:screen())
     local screen = shell:screen()
     assert.matches("CONNECTION_FAILED: cannot connect to 127%.0%.0%.1:1", screen)
     assert.falsy(screen:find("s3cret", 1, true))
