@@ -387,6 +387,10 @@ describe("amqp-delegate option parsing", function()
     _, status, err = host("call", "-x", "adder")
     assert.are.equal(2, status)
     assert.matches("unknown option %-x", err)
+    -- after the operands, the message still names the command
+    _, status, err = host("call", "adder", "1", "--frobnicate")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: unknown option --frobnicate (see amqp-delegate call --help)\n", err)
   end)
 end)
 

@@ -236,8 +236,8 @@ static int take_value(const struct option_spec *spec, char *value, struct option
   case OPTION_URL:
     return add_url(options, value);
   case OPTION_TLS:
-    if (spec->name[1] == 'a') options->ca_file = value;
-    else if (spec->name[1] == 'e') options->cert_file = value;
+    if (strcmp(spec->name, "ca-file") == 0) options->ca_file = value;
+    else if (strcmp(spec->name, "cert-file") == 0) options->cert_file = value;
     else options->key_file = value;
     return 0;
   case OPTION_CONCURRENCY:
@@ -301,12 +301,13 @@ static int unknown_option(const char *word, size_t length, const char *command,
   return fail(EXIT_USAGE, "unknown option %s (see amqp-delegate %s --help)", name, command);
 }
 
-/* The option word argv[*i] (and its value, which may be the next word).
- * Returns 0, -1 when --help or --version answered, or a usage error. */
-static int take_option(int argc, char **argv, int *i, int command, unsigned allowed,
-                       const char *usage, const char *default_level, struct options *options) {
+/* The option word argv[*i] (and its value, which may be the next word) of
+ * command `name`. Returns 0, -1 when --help or --version answered, or a usage
+ * error. */
+static int take_option(int argc, char **argv, int *i, int command, const char *name,
+                       unsigned allowed, const char *usage, const char *default_level,
+                       struct options *options) {
   char *word = argv[*i];
-  const char *name = argv[command];
   int long_form = word[1] == '-';
   for (char *c = word + 1; *c; c++) { /* a cluster of short options, or one long one */
     size_t length = long_form ? 2 + strcspn(word + 2, "=") : 2;
@@ -353,8 +354,10 @@ int parse_options(int argc, char **argv, int command, unsigned allowed, const ch
   memset(options, 0, sizeof *options);
   options->timeout = -1;
   options->log_level = -1;
-  /* Operands are gathered, in order, over the words already read: the
-   * pointers move, the strings (what ps shows) stay where they are. */
+  /* Operands are gathered, in order, over the words already read (the
+   * command's among them): the pointers move, the strings (what ps shows)
+   * stay where they are. */
+  const char *name = argv[command];
   int operands = 1, only_operands = 0;
   for (int i = 1; i < argc; i++) {
     if (i == command) continue;
@@ -364,7 +367,8 @@ int parse_options(int argc, char **argv, int command, unsigned allowed, const ch
     } else if (only_operands || is_operand(word)) {
       argv[operands++] = word;
     } else {
-      int status = take_option(argc, argv, &i, command, allowed, usage, default_level, options);
+      int status =
+          take_option(argc, argv, &i, command, name, allowed, usage, default_level, options);
       if (status) return status;
     }
   }
