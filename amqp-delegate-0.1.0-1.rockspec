@@ -15,9 +15,10 @@ protocol of the Node.js amqp-delegate library, so Lua and Node peers share one b
   license = "MIT",
   labels = { "amqp", "rabbitmq", "rpc" },
 }
+-- The module has its own JSON codec (host/runtime/json.c) and never requires lua-cjson, so
+-- LuaRocks (which cannot see Debian's lua-cjson) has nothing to call missing.
 dependencies = {
   "lua >= 5.4",
-  "lua-cjson",
 }
 external_dependencies = {
   RABBITMQ = { header = "amqp.h", library = "rabbitmq" },
@@ -30,6 +31,5 @@ build = {
     CMAKE_INSTALL_PREFIX = "$(PREFIX)",
     -- LuaRocks deploys a rock's lib/ to the tree's C module path and bin/ to its bin/.
     LUA_MODULE_DIR = "lib",
-    LUA_INCLUDE_DIR = "$(LUA_INCDIR)",
   },
 }

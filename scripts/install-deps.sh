@@ -8,7 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 PACKAGES=(
     build-essential cmake pkg-config
-    librabbitmq-dev liblua5.4-dev lua5.4 lua-cjson lua-busted luarocks libuv1-dev
+    librabbitmq-dev liblua5.4-dev lua5.4 lua-cjson lua-busted luarocks libuv1-dev libedit-dev
     rabbitmq-server nodejs npm valgrind clang openssl ca-certificates
     python3-pika
 )

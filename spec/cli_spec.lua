@@ -1,5 +1,6 @@
--- The command line: `amqp-delegate call`, --help/--version of every command, exit codes,
--- log lines, and passwords that never show.
+-- The command line: `amqp-delegate call`, option parsing (anywhere, short forms, =, typos),
+-- URL lists, --help/--version of every command, load errors, log lines, and passwords that
+-- never show. (Exit statuses: spec/exit_status_spec.lua.)
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
 
@@ -20,7 +21,7 @@ end
 describe("amqp-delegate call", function()
   setup(function()
     support.host({ "scripts/adder.lua", "spec/workers/values.lua", "spec/workers/failing.lua",
-      "spec/workers/slow.lua" }, { flags = { "--concurrency", "4" } })
+      "spec/workers/slow.lua", "scripts/greet.lua" }, { flags = { "--concurrency", "4" } })
   end)
   teardown(function() broker.kill_all() end)
 
@@ -93,7 +94,7 @@ describe("amqp-delegate call", function()
     assert.matches("call needs a worker NAME", err)
     _, status, err = host("call", "--frobnicate", "adder")
     assert.are.equal(2, status)
-    assert.matches("unknown option %-%-frobnicate", err)
+    assert.matches("unknown option %-%-frobnicate %(see amqp%-delegate call %-%-help%)", err)
     _, status, err = host("call", "--timeout", "soon", "adder")
     assert.are.equal(2, status)
     assert.matches("%-%-timeout takes a number of seconds", err)
@@ -132,6 +133,54 @@ describe("amqp-delegate call", function()
     assert.are.equal('"late"\n', out)
   end)
 
+  it("--raw prints a string result as bare text; other results stay JSON", function()
+    local out, status, err = host("call", "--url", broker.url(), "--raw", "greet", '"Ada"')
+    assert.are.equal(0, status, err)
+    assert.are.equal("Hello, Ada!\n", out)
+    out, status, err = host("call", "-r", "--url", broker.url(), "lua_echo", '"a \\"b\\"\\nc"')
+    assert.are.equal(0, status, err)
+    assert.are.equal('a "b"\nc\n', out)
+    out, status, err = host("call", "--raw", "--url", broker.url(), "lua_echo", '{"a":[1]}')
+    assert.are.equal(0, status, err)
+    assert.are.equal('{"a":[1]}\n', out)
+    out = host("call", "--url", broker.url(), "greet", '"Ada"')
+    assert.are.equal('"Hello, Ada!"\n', out)
+  end)
+
+  it("reads an ARG from @FILE, and from standard input for - or @-", function()
+    local file = os.tmpname()
+    local f = assert(io.open(file, "w"))
+    f:write('["from file", {"n": [1, 2]}]\n')
+    f:close()
+    local out, status, err = host("call", "--url", broker.url(), "lua_echo", "@" .. file)
+    assert.are.equal(0, status, err)
+    assert.are.equal('["from file",{"n":[1,2]}]\n', out)
+    out, status, err = broker.run("printf '%s' '\"Bob\"' | " .. q(support.host_binary())
+      .. " call --raw --url " .. q(broker.url()) .. " greet -")
+    assert.are.equal(0, status, err)
+    assert.are.equal("Hello, Bob!\n", out)
+    out, status, err = broker.run("echo 40 | " .. q(support.host_binary()) .. " call --url "
+      .. q(broker.url()) .. " adder @- 2")
+    assert.are.equal(0, status, err)
+    assert.are.equal("42\n", out)
+    os.remove(file)
+  end)
+
+  it("exits 2, before connecting, when an @FILE or standard input cannot be read or is not JSON", function()
+    local nowhere = "amqp://guest:guest@127.0.0.1:1/"
+    local _, status, err = host("call", "--url", nowhere, "lua_echo", "@/nonexistent/args.json")
+    assert.are.equal(2, status)
+    assert.are.equal("BAD_ARGUMENT: ARG 1: cannot read /nonexistent/args.json: No such file or directory\n", err)
+    _, status, err = broker.run("echo 'not json' | " .. q(support.host_binary()) .. " call --url "
+      .. q(nowhere) .. " lua_echo 1 -")
+    assert.are.equal(2, status)
+    assert.matches("^BAD_ARGUMENT: ARG 2 %(standard input%) is not JSON: ", err)
+    _, status, err = broker.run("echo 1 | " .. q(support.host_binary()) .. " call --url "
+      .. q(nowhere) .. " adder - @-")
+    assert.are.equal(2, status)
+    assert.matches("standard input can be read only once", err)
+  end)
+
   -- (valgrind keeps its own copy of the command line, password included, in /proc/PID/cmdline)
   local it_not_under_valgrind = support.under_valgrind and pending or it
   it_not_under_valgrind("hides the password of --url from ps while it runs", function()
@@ -159,7 +208,7 @@ describe("amqp-delegate --help and --version", function()
     for _, command in ipairs({ "run", "call", "shell" }) do
       assert.matches("\n  " .. command .. " ", out)
     end
-    assert.matches("exit status:", out)
+    assert.matches("exit status %(the same for run, call and shell%):", out)
     for _, command in ipairs({ "run", "call", "shell" }) do
       out, status = host(command, "--help")
       assert.are.equal(0, status, command)
@@ -244,5 +293,204 @@ describe("amqp-delegate run", function()
     assert.matches("%-%-concurrency takes 1 to 65535", err)
     _, status = host("run", "--timeout", "1", "scripts/adder.lua")
     assert.are.equal(2, status)
+  end)
+end)
+
+describe("amqp-delegate option parsing", function()
+  setup(function() support.host({ "scripts/adder.lua", "spec/workers/values.lua" }) end)
+  teardown(function() broker.kill_all() end)
+
+  it("takes options after the operands, and before the command", function()
+    local out, status, err = host("call", "adder", "10", "15", "--url", broker.url())
+    assert.are.equal(0, status, err)
+    assert.are.equal("25\n", out)
+    out, status, err = host("--url", broker.url(), "call", "adder", "1", "2")
+    assert.are.equal(0, status, err)
+    assert.are.equal("3\n", out)
+    -- `run greet.lua --url URL` used to say `cannot open --url`
+    local name = support.unique("cli_after")
+    local p = broker.spawn(q(support.host_binary()) .. " run " .. q(broker.root() .. "/spec/workers/cli_env.lua")
+      .. " --url " .. q(broker.url()), { env = { CLI_ENV_NAME = name } })
+    assert.is_true((p:wait_for("\nready\n", 20 * support.slow, true)), p:output())
+    out, status, err = host("call", name, "--url", broker.url())
+    assert.are.equal(0, status, err)
+    assert.are.equal('"env"\n', out)
+    p:kill()
+  end)
+
+  it("takes short forms, --name=value, grouped flags and -VALUE attached", function()
+    local out, status, err = host("call", "-u", broker.url(), "-t", "5", "-l", "warn", "adder", "2", "3")
+    assert.are.equal(0, status, err)
+    assert.are.equal("5\n", out)
+    out, status, err = host("call", "--url=" .. broker.url(), "--timeout=5", "--log-level=warn", "adder", "2", "4")
+    assert.are.equal(0, status, err)
+    assert.are.equal("6\n", out)
+    out, status, err = host("call", "-u" .. broker.url(), "-t5", "-pr", "lua_echo", '"bare"')
+    assert.are.equal(0, status, err)
+    assert.are.equal("bare\n", out)
+    for _, command in ipairs({ "run", "call", "shell" }) do
+      out, status = host(command, "-h")
+      assert.are.equal(0, status, command)
+      assert.matches("^usage: amqp%-delegate " .. command .. " ", out)
+      out, status = host(command, "-V")
+      assert.are.equal(0, status, command)
+      assert.matches("^amqp%-delegate %d+%.%d+%.%d+ %(Lua 5%.4", out)
+    end
+    -- run: -c is --concurrency (the prefetch shows in the log), -l the log level
+    local p = broker.spawn(q(support.host_binary()) .. " run -c3 -l info -u " .. q(broker.url()) .. " "
+      .. q(broker.root() .. "/spec/workers/cli_env.lua"), { env = { CLI_ENV_NAME = support.unique("cli_short") } })
+    assert.is_true((p:wait_for("\nready\n", 20 * support.slow, true)), p:output())
+    assert.matches("%(prefetch 3%)", p:output())
+    p:kill()
+  end)
+
+  it("reads a word starting with a digit after '-' as an ARG, and everything after -- as operands", function()
+    local out, status, err = host("call", "--url", broker.url(), "adder", "-3", "-4.5")
+    assert.are.equal(0, status, err)
+    assert.are.equal("-7.5\n", out)
+    out, status, err = host("call", "--url", broker.url(), "--", "-not-an-option")
+    assert.are.equal(1, status)
+    assert.matches("^NO_ROUTE: no worker serves '%-not%-an%-option'", err)
+  end)
+
+  it("suggests the command or option meant", function()
+    local _, status, err = host("rn", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("^amqp%-delegate: unknown command 'rn': did you mean 'run'%?\n", err)
+    _, status, err = host("shel")
+    assert.are.equal(2, status)
+    assert.matches("did you mean 'shell'%?", err)
+    _, status, err = host("call", "--tiemout", "5", "adder")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: unknown option --tiemout: did you mean --timeout? (see amqp-delegate call --help)\n", err)
+    _, status, err = host("run", "--concurency", "2", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("did you mean %-%-concurrency%?", err)
+    _, status, err = host("run", "--queue", "quorum", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("did you mean %-%-queue%-type%?", err)
+    _, status, err = host("run", "--timeout", "1", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.matches("%-%-timeout is not an option of run", err)
+  end)
+
+  it("says what is wrong with a value: missing, an option instead, or one it does not take", function()
+    local _, status, err = host("call", "adder", "--url")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: --url needs a value\n", err)
+    _, status, err = host("call", "--url", "--timeout", "5", "adder")
+    assert.are.equal(2, status)
+    assert.matches("%-%-url needs a value, not the option '%-%-timeout'", err)
+    _, status, err = host("call", "--pretty=yes", "adder")
+    assert.are.equal(2, status)
+    assert.matches("%-%-pretty takes no value", err)
+    _, status, err = host("call", "-x", "adder")
+    assert.are.equal(2, status)
+    assert.matches("unknown option %-x", err)
+    -- after the operands, the message still names the command
+    _, status, err = host("call", "adder", "1", "--frobnicate")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: unknown option --frobnicate (see amqp-delegate call --help)\n", err)
+  end)
+end)
+
+describe("amqp-delegate --url lists and --queue-type", function()
+  after_each(function() broker.kill_all() end)
+
+  -- (valgrind keeps its own copy of the command line, passwords included, in /proc/PID/cmdline)
+  local it_not_under_valgrind = support.under_valgrind and pending or it
+  it_not_under_valgrind("joins repeated and comma-separated --url into one list for the core, every password hidden from ps", function()
+    local first, second, third = "amqp://a:pw1one@127.0.0.1:1/", "amqp://b:pw2two@127.0.0.1:2", "amqp://c:pw3three@127.0.0.1:3/v"
+    local p = broker.spawn(q(support.host_binary()) .. " run --url " .. q(first) .. " -u " .. q(second .. "," .. third)
+      .. " " .. q(broker.root() .. "/spec/workers/cli_env.lua"), { env = { CLI_ENV_WAIT = "20" } })
+    assert.is_true((p:wait_for("AMQP_DELEGATE_QUEUE_TYPE=", 10 * support.slow, true)), p:output())
+    assert.matches("AMQP_URL=" .. (first .. "," .. second .. "," .. third):gsub("%p", "%%%0") .. "\n", p:output())
+    local cmdline = (broker.read_file("/proc/" .. p:pid() .. "/cmdline") or ""):gsub("%z", " ")
+    assert.matches("amqp://a:%*+@127%.0%.0%.1:1/ %-u amqp://b:%*+@127%.0%.0%.1:2,amqp://c:%*+@127%.0%.0%.1:3/v", cmdline)
+    for _, password in ipairs({ "pw1one", "pw2two", "pw3three" }) do
+      assert.falsy(cmdline:find(password, 1, true), cmdline)
+    end
+    p:kill()
+  end)
+
+  it("never prints a password of a URL list in its errors", function()
+    local out, status, err = host("call", "--url", "amqp://guest:s3cret@127.0.0.1:1/,amqp://guest:s3cr3t2@127.0.0.1:2/",
+      "-u", "amqp://guest:s3cr3t3@127.0.0.1:3/", "adder", "1")
+    assert.is_true(status == 2 or status == 3, "status " .. status .. ": " .. err)
+    for _, password in ipairs({ "s3cret", "s3cr3t2", "s3cr3t3" }) do
+      assert.falsy((out .. err):find(password, 1, true), out .. err)
+    end
+  end)
+
+  it("passes --queue-type to the core and refuses a type it does not know", function()
+    local p = broker.spawn(q(support.host_binary()) .. " run --queue-type quorum --url " .. q(broker.url())
+      .. " " .. q(broker.root() .. "/spec/workers/cli_env.lua"), { env = { CLI_ENV_NAME = support.unique("cli_qt") } })
+    assert.is_true((p:wait_for("AMQP_DELEGATE_QUEUE_TYPE=", 10 * support.slow, true)), p:output())
+    assert.matches("AMQP_DELEGATE_QUEUE_TYPE=quorum\n", p:output())
+    p:kill()
+    local _, status, err = host("run", "--queue-type", "durable", "scripts/adder.lua")
+    assert.are.equal(2, status)
+    assert.are.equal("amqp-delegate: --queue-type takes classic or quorum, not 'durable'\n", err)
+    local out = host("run", "--help")
+    assert.matches("%-%-queue%-type TYPE +queue type for workers' queues the host declares: classic or\n +quorum %(default: the Node protocol's transient classic queue%)", out)
+  end)
+end)
+
+describe("amqp-delegate run: files that do not load", function()
+  local root = broker.root()
+
+  it("says so in one line naming the file, without a Lua traceback", function()
+    for file, expected in pairs({
+      ["spec/workers/syntax_error.lua"] = "syntax_error%.lua:4: unexpected symbol near 'end'",
+      ["spec/workers/load_error.lua"] = "load_error%.lua:3: attempt to index a nil value %(local 'missing'%)",
+      ["spec/workers/nonexistent.lua"] = "cannot open [^\n]*nonexistent%.lua: No such file or directory",
+    }) do
+      local out, status, err = host("run", "--url", "amqp://guest:guest@127.0.0.1:1/", root .. "/" .. file)
+      assert.are.equal(1, status, file)
+      assert.are.equal("", out)
+      assert.matches("^amqp%-delegate: [^\n]*" .. expected .. "\n$", err)
+    end
+  end)
+
+  it("names the file whose worker cannot be made, when several are given", function()
+    local _, status, err = host("run", "--url", "amqp://guest:guest@127.0.0.1:1/", root .. "/scripts/adder.lua",
+      root .. "/spec/workers/cli_no_name.lua")
+    assert.are.equal(1, status)
+    assert.matches("^amqp%-delegate: [^\n]*/spec/workers/cli_no_name%.lua: MISSING_NAME: [^\n]*\n$", err)
+  end)
+
+  it("refuses a file that returns no worker and starts none", function()
+    local _, status, err = host("run", "--url", "amqp://guest:guest@127.0.0.1:1/", root .. "/scripts/adder.lua",
+      root .. "/spec/workers/cli_returns_nothing.lua")
+    assert.are.equal(1, status)
+    assert.matches("^amqp%-delegate: [^\n]*/spec/workers/cli_returns_nothing%.lua returns no worker and starts none", err)
+    assert.are.equal(1, select(2, err:gsub("\n", "")))
+  end)
+
+  it("adds the traceback at --log-level debug", function()
+    local _, status, err = host("run", "--log-level", "debug", root .. "/spec/workers/load_error.lua")
+    assert.are.equal(1, status)
+    assert.matches("load_error%.lua:3: attempt to index a nil value[^\n]*\nstack traceback:\n[^\n]*load_error%.lua:3: in main chunk", err)
+  end)
+end)
+
+describe("amqp-delegate and the default URL", function()
+  it("says how to point at a broker when nothing answers at amqp://localhost", function()
+    local _, open = broker.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672' 2>/dev/null")
+    if open == 0 then
+      pending("a broker listens on localhost:5672 here")
+      return
+    end
+    local words = "env -u AMQP_URL " .. q(support.host_binary())
+    for _, command in ipairs({ "call adder 1 2", "run " .. q(broker.root() .. "/scripts/adder.lua"), "shell" }) do
+      local _, status, err = broker.run(words .. " " .. command .. " </dev/null")
+      assert.are.equal(3, status, command .. ": " .. err)
+      assert.matches("CONNECTION_FAILED: cannot connect to localhost:5672", err)
+      assert.matches("\namqp%-delegate: nothing answers at amqp://localhost %(the default URL%): start RabbitMQ there, or point at a broker with %-%-url URL or AMQP_URL=", err)
+    end
+    -- a URL someone chose gets no hint
+    local _, status, err = host("call", "--url", "amqp://localhost:1", "adder")
+    assert.are.equal(3, status)
+    assert.falsy(err:find("nothing answers", 1, true), err)
   end)
 end)

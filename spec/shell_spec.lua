@@ -1,6 +1,7 @@
 -- `amqp-delegate shell`, driven through a pseudo-terminal (util-linux `script`) one line at
 -- a time, the way a person types: the specs read the terminal's output, prompts and echo
--- included.
+-- included (line editing, history and Tab completion too); then without a terminal: a
+-- pipe, -e CODE and script files.
 local broker = require "spec.helpers.broker"
 local support = require "spec.support"
 
@@ -9,9 +10,17 @@ local q = broker.shell_quote
 local Terminal = {}
 Terminal.__index = Terminal
 
+-- A fresh folder for $HOME, so that no spec reads or writes a real history file.
+local function new_home()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. q(dir)))
+  return dir
+end
+
 -- Starts `amqp-delegate shell ARGS...` (or `command`, a list of words) on a pseudo-terminal
--- whose keyboard is a FIFO.
-local function terminal(args, command)
+-- whose keyboard is a FIFO; `home` is its $HOME (default: a new empty folder).
+local function terminal(args, command, home)
   local fifo = os.tmpname()
   os.remove(fifo)
   assert(os.execute("mkfifo " .. q(fifo)))
@@ -22,7 +31,7 @@ local function terminal(args, command)
     for i, word in ipairs(command) do words[i] = q(word) end
   end
   local process = broker.spawn("script -qfec " .. q(table.concat(words, " ")) .. " /dev/null <" .. q(fifo),
-    { env = { TERM = "dumb" } })
+    { env = { TERM = "dumb", HOME = home or new_home() } })
   -- read-write: opening never blocks, whether or not `script` opened its end yet
   local keyboard = assert(io.open(fifo, "r+"))
   return setmetatable({ process = process, keyboard = keyboard, fifo = fifo }, Terminal)
@@ -33,11 +42,12 @@ function Terminal:screen()
   return (self.process:output():gsub("\r", ""))
 end
 
--- Waits until the screen matches the plain text `expected` after position `from`.
+-- Waits until the screen matches the plain text `expected` after position `from` (longer
+-- under valgrind: support.slow).
 function Terminal:wait_for(expected, seconds, from)
   local found = broker.eventually(function()
     return self:screen():find(expected, from or 1, true)
-  end, seconds or 10, 0.05)
+  end, (seconds or 10) * support.slow, 0.05)
   assert(found, string.format("the terminal never showed %q; it shows:\n%s", expected, self:screen()))
   return found
 end
@@ -56,7 +66,7 @@ function Terminal:close()
   if self.process:alive() then -- Ctrl-D, as a person leaves (killing `script` takes seconds)
     self.keyboard:write("\4")
     self.keyboard:flush()
-    self.process:wait_exit(5)
+    self.process:wait_exit(5 * support.slow)
   end
   self.keyboard:close()
   os.remove(self.fifo)
@@ -77,7 +87,7 @@ end
 describe("amqp-delegate shell", function()
   local shell
   setup(function()
-    support.host({ "scripts/adder.lua", "spec/workers/values.lua" })
+    support.host({ "scripts/adder.lua", "spec/workers/values.lua", "scripts/greet.lua" })
     support.host({ "spec/workers/sleeper.lua" }, { env = { WORKER_NAME = "shell_sleeper" } })
   end)
   after_each(function()
@@ -187,7 +197,7 @@ describe("amqp-delegate shell", function()
     assert.truthy(broker.eventually(function() return connections() == idle + 1 end, 10))
     shell.keyboard:write("\4")
     shell.keyboard:flush()
-    assert.are.equal(0, shell.process:wait_exit(10), shell:screen())
+    assert.are.equal(0, shell.process:wait_exit(10 * support.slow), shell:screen())
     assert.truthy(broker.eventually(function() return connections() == idle end, 10),
       "the delegator's connection is still open")
   end)
@@ -197,18 +207,84 @@ describe("amqp-delegate shell", function()
     shell:wait_for("\n> ")
     shell.keyboard:write("exit(3)\n")
     shell.keyboard:flush()
-    assert.are.equal(3, shell.process:wait_exit(10), shell:screen())
+    assert.are.equal(3, shell.process:wait_exit(10 * support.slow), shell:screen())
     shell:close()
     shell = terminal()
     shell:wait_for("\n> ")
     shell.keyboard:write("os.exit(true)\n")
     shell.keyboard:flush()
-    assert.are.equal(0, shell.process:wait_exit(10), shell:screen())
+    assert.are.equal(0, shell.process:wait_exit(10 * support.slow), shell:screen())
+  end)
+
+  it("edits the line being typed: cursor keys, Ctrl-A", function()
+    shell = terminal()
+    shell:wait_for("\n> ")
+    -- "adder(1 2)", three times Left, then the missing comma
+    assert.matches("\n3\n> $", shell:type("adder(1 2)\27[D\27[D\27[D,"))
+    -- "(10, 15)", Ctrl-A (start of line), then the name
+    assert.matches("\n25\n> $", shell:type("(10, 15)\1adder"))
+  end)
+
+  it("keeps the history between sessions in $HOME/.amqp_delegate_history, readable by its owner only", function()
+    local home = new_home()
+    shell = terminal(nil, nil, home)
+    shell:wait_for("\n> ")
+    shell:type("adder(20, 22)")
+    shell:type("x = 1")
+    shell:close()
+    local path = home .. "/.amqp_delegate_history"
+    local saved = broker.read_file(path)
+    assert.is_not_nil(saved, "no history file")
+    assert.matches("adder%(20,", saved)
+    assert.are.equal("-rw-------", (broker.run("stat -c %A " .. q(path)):gsub("%s+$", "")))
+    shell = terminal(nil, nil, home)
+    shell:wait_for("\n> ")
+    -- Up twice: the line before the last one of the earlier session
+    assert.matches("adder%(20, 22%)\n42\n> $", shell:type("\27[A\27[A"))
+  end)
+
+  it("completes globals, fields, methods and the workers called so far with Tab", function()
+    shell = terminal()
+    shell:wait_for("\n> ")
+    assert.matches("\n5\n> $", shell:type("adder(2, 3)"))
+    -- a worker that answered: "add" + Tab is "adder("
+    assert.matches("adder%(3, 4%)\n7\n> $", shell:type("add\t3, 4)"))
+    assert.matches("delegator:invoke%(\"adder\", 5, 5%)\n10\n> $", shell:type('delegator:inv\t"adder", 5, 5)'))
+    assert.matches("string%.upper%(\"ab\"%)\n\"AB\"\n> $", shell:type('string.up\t"ab")'))
+    -- two candidates: the second Tab lists them
+    local before = #shell:screen()
+    shell.keyboard:write("delega\t\t")
+    shell.keyboard:flush()
+    shell:wait_for("delegate  delegator", 10, before + 1)
+    shell:type("\3", true)
+  end)
+
+  it("calls a worker only where the name is called: any other undefined name is an error", function()
+    shell = terminal()
+    shell:wait_for("\n> ")
+    assert.matches("^adder%(Ada, 1%)\nstdin:1: 'Ada' is not defined: a worker is called as Ada%(%.%.%.%), and a string is written \"Ada\"\n> $",
+      shell:type("adder(Ada, 1)"))
+    assert.matches("^y = nobody_defined_this\nstdin:1: 'nobody_defined_this' is not defined", shell:type("y = nobody_defined_this"))
+    assert.matches("\n2\n> $", shell:type("adder(1, 1)"))
+    -- once called, the name shows what it is bound to
+    assert.matches("worker adder: adder%(%.%.%.%) calls delegator:invoke%(\"adder\", %.%.%.%)", shell:type("adder"))
+    -- and it cannot be sent as an argument by mistake
+    assert.matches("\nBAD_ARGUMENT: [^\n]*\n> $", shell:type("lua_echo(adder)"))
+    assert.matches("\n\"Hello, Ada!\"\n> $", shell:type('greet("Ada")'))
+  end)
+
+  it("help() says how it works", function()
+    shell = terminal()
+    shell:wait_for("\n> ")
+    local shown = shell:type("help()")
+    assert.matches("adder%(10, 15%) +calls worker adder", shown)
+    assert.matches("greet%(Ada%) needs greet%(\"Ada\"%)", shown)
+    assert.matches("Tab completes", shown)
   end)
 
   it("exits 3 with one line when the broker cannot be reached", function()
     shell = terminal({ "--url", "amqp://guest:s3cret@127.0.0.1:1/" })
-    assert.are.equal(3, shell.process:wait_exit(20), shell:screen())
+    assert.are.equal(3, shell.process:wait_exit(20 * support.slow), shell:screen())
     local screen = shell:screen()
     assert.matches("CONNECTION_FAILED: cannot connect to 127%.0%.0%.1:1", screen)
     assert.falsy(screen:find("s3cret", 1, true))
@@ -225,5 +301,66 @@ describe("amqp-delegate shell without a terminal", function()
     assert.are.equal(0, status, err)
     assert.are.equal("25\n[1, 2]\n", out)
     assert.matches("^TASK_FAILED: [^\n]*\n$", err)
+  end)
+
+  local function shell_run(...)
+    local words = { q(support.host_binary()), "shell", "--url", q(broker.url()) }
+    for _, word in ipairs({ ... }) do words[#words + 1] = q(word) end
+    return broker.run(table.concat(words, " ") .. " </dev/null")
+  end
+
+  it("-e CODE runs in the shell's environment, prints an expression's value and exits", function()
+    support.host({ "scripts/adder.lua" })
+    local out, status, err = shell_run("-e", "adder(10, 15)", "-e", "x = adder(1, 1)", "-e", "print(x * 10)")
+    assert.are.equal(0, status, err)
+    assert.are.equal("25\n20\n", out)
+    assert.are.equal("", err)
+  end)
+
+  it("-e CODE exits non-zero on the first error, with one line and no traceback", function()
+    support.host({ "scripts/adder.lua" })
+    local out, status, err = shell_run("-e", 'error("boom")', "-e", "print('not reached')")
+    assert.are.equal(1, status)
+    assert.are.equal("", out)
+    assert.are.equal("-e:1: boom\n", err)
+    out, status, err = shell_run("-e", 'adder("x", 1)')
+    assert.are.equal(1, status)
+    assert.matches("^TASK_FAILED: [^\n]*adder%.lua:6: attempt to add[^\n]*\n$", err)
+    out, status, err = shell_run("-e", "shell_nobody(1)")
+    assert.are.equal(1, status)
+    assert.matches("^NO_ROUTE: ", err)
+    _, status, err = shell_run("-l", "debug", "-e", 'error("boom")')
+    assert.are.equal(1, status)
+    assert.matches("%-e:1: boom\nstack traceback:", err)
+  end)
+
+  it("runs a script FILE with its ARGs, then exits; an error names the file", function()
+    support.host({ "scripts/adder.lua" })
+    local file = os.tmpname()
+    local f = assert(io.open(file, "w"))
+    f:write("#!/usr/bin/env amqp-delegate shell\n",
+      "local a, b = ...\n",
+      "print(arg[0] == ... and 'no' or 'ok', adder(tonumber(a), tonumber(b)))\n",
+      "if b == '0' then error('b is zero') end\n")
+    f:close()
+    local out, status, err = shell_run(file, "40", "2")
+    assert.are.equal(0, status, err)
+    assert.are.equal("ok\t42\n", out)
+    out, status, err = shell_run(file, "1", "0")
+    assert.are.equal(1, status)
+    assert.are.equal("ok\t1\n", out)
+    assert.are.equal(file .. ":4: b is zero\n", err)
+    os.remove(file)
+  end)
+
+  it("compiles -e CODE and FILE before connecting: a syntax error costs no connection", function()
+    local nowhere = { q(support.host_binary()), "shell", "--url", "amqp://guest:guest@127.0.0.1:1/" }
+    local out, status, err = broker.run(table.concat(nowhere, " ") .. " -e 'x = ' </dev/null")
+    assert.are.equal(1, status)
+    assert.are.equal("", out)
+    assert.are.equal("amqp-delegate: -e:1: unexpected symbol near <eof>\n", err)
+    out, status, err = broker.run(table.concat(nowhere, " ") .. " /nonexistent/script.lua </dev/null")
+    assert.are.equal(1, status)
+    assert.are.equal("amqp-delegate: cannot open /nonexistent/script.lua: No such file or directory\n", err)
   end)
 end)

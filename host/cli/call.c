@@ -1,8 +1,10 @@
-/* amqp-delegate call NAME [ARG...]: decodes the JSON arguments, calls worker
- * NAME once through a delegator of its own, prints the result as JSON (or
- * pretty-printed) on standard output, or `CODE: message` on standard error. */
+/* amqp-delegate call NAME [ARG...]: decodes the JSON arguments (given, or read
+ * from files or standard input), calls worker NAME once through a delegator
+ * of its own, prints the result as JSON (pretty-printed, or a string bare) on
+ * standard output, or `CODE: message` on standard error. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -25,24 +27,54 @@ static const char call_usage[] =
     "usage: amqp-delegate call [options] NAME [ARG...]\n"
     "\n"
     "Calls worker NAME once and prints its result as JSON on standard output. Each ARG is\n"
-    "one JSON value (quote strings for the shell and for JSON: '\"text\"'):\n"
+    "one JSON value (quote strings for the shell and for JSON: '\"text\"'), @FILE the JSON\n"
+    "value in FILE, and - (or @-) the JSON value on standard input:\n"
     "  amqp-delegate call adder 10 15                  -> 25\n"
     "  amqp-delegate call echo '{\"a\": [1, 2]}'          -> {\"a\":[1,2]}\n"
+    "  echo '\"Ada\"' | amqp-delegate call --raw greet -  -> Hello, Ada!\n"
     "On failure it prints `CODE: message` on standard error and exits non-zero.\n"
     "\n"
     "options:\n"
     URL_HELP
     TLS_HELP
-    "  --timeout SECONDS    give up waiting for the reply after that long (TIMEOUT, exit 4);\n"
-    "                       0 waits as long as it takes; default: the delegator's (30)\n"
-    "  --pretty             print the result indented for people instead of compact JSON\n"
+    "  -t, --timeout SECONDS  give up waiting for the reply after that long (TIMEOUT,\n"
+    "                       exit 4); 0 waits as long as it takes; default: 30\n"
+    "  -p, --pretty         print the result indented for people instead of compact JSON\n"
+    "  -r, --raw            print a string result as its bare text, without JSON quotes\n"
     LOG_HELP
-    "  --help, --version\n"
+    HELP_VERSION_HELP
+    OPTIONS_ANYWHERE_HELP
+    "(An ARG such as -3 is a number, not an option.)\n"
     "\n"
     EXIT_CODES_HELP;
 
 void call_help(void) {
   print_usage(call_usage, CALL_LOG_LEVEL);
+}
+
+/* Pushes ARG i decoded: the JSON text itself, or read from @FILE, or from
+ * standard input for - and @- (once). Raises BAD_ARGUMENT naming the ARG. */
+static void push_argument(lua_State *L, int i, const char *arg, int *stdin_taken) {
+  const char *path = strcmp(arg, "-") == 0 ? "-" : arg[0] == '@' ? arg + 1 : NULL;
+  char problem[256];
+  if (!path) {
+    if (json_decode(L, arg, strlen(arg), JSON_DEFAULT_MAX_DEPTH, problem, sizeof problem) != 0)
+      error_object_raisef(L, ERR_BAD_ARGUMENT, "ARG %d is not JSON: %s (quote strings: "
+                          "'\"text\"')", i, problem);
+    return;
+  }
+  const char *shown = strcmp(path, "-") == 0 ? "standard input" : path;
+  if (strcmp(path, "-") == 0 && (*stdin_taken)++)
+    error_object_raisef(L, ERR_BAD_ARGUMENT, "ARG %d: standard input can be read only once", i);
+  size_t length;
+  char *text = read_whole_file(path, &length);
+  if (!text)
+    error_object_raisef(L, ERR_BAD_ARGUMENT, "ARG %d: cannot read %s: %s", i, shown,
+                        strerror(errno));
+  int status = json_decode(L, text, length, JSON_DEFAULT_MAX_DEPTH, problem, sizeof problem);
+  free(text);
+  if (status != 0)
+    error_object_raisef(L, ERR_BAD_ARGUMENT, "ARG %d (%s) is not JSON: %s", i, shown, problem);
 }
 
 /* Stack: options (light userdata). Decodes the arguments before connecting,
@@ -70,14 +102,8 @@ static int call(lua_State *L) {
   lua_getfield(L, 2, "invoke");
   lua_pushvalue(L, 2);
   lua_pushstring(L, name);
-  for (int i = 1; i <= count; i++) {
-    const char *text = options->rest[i];
-    char problem[256];
-    if (json_decode(L, text, strlen(text), JSON_DEFAULT_MAX_DEPTH, problem, sizeof problem) != 0)
-      return error_object_raisef(L, ERR_BAD_ARGUMENT, "ARG %d is not JSON: %s (%s)", i, problem,
-                                 strncmp(text, "--", 2) == 0 ? "options go before NAME"
-                                                             : "quote strings: '\"text\"'");
-  }
+  int stdin_taken = 0;
+  for (int i = 1; i <= count; i++) push_argument(L, i, options->rest[i], &stdin_taken);
   lua_getfield(L, 2, "start");
   lua_pushvalue(L, 2);
   lua_call(L, 1, 0);
@@ -85,6 +111,10 @@ static int call(lua_State *L) {
   lua_getfield(L, 2, "stop");
   lua_pushvalue(L, 2);
   lua_call(L, 1, 0);
+  if (options->raw && lua_type(L, 3) == LUA_TSTRING) {
+    lua_settop(L, 3);
+    return 1;
+  }
   if (options->pretty) {
     struct pretty_options pretty;
     pretty_default_options(&pretty);
@@ -101,12 +131,12 @@ static int call(lua_State *L) {
   return 1;
 }
 
-int command_call(int argc, char **argv) {
+int command_call(int argc, char **argv, int command) {
   log_set_level(LOG_WARN); /* CALL_LOG_LEVEL, until --log-level says otherwise */
   struct options options;
-  int status = parse_options(argc, argv,
+  int status = parse_options(argc, argv, command,
                              OPTION_URL | OPTION_TIMEOUT | OPTION_LOG_LEVEL | OPTION_PRETTY |
-                                 OPTION_TLS,
+                                 OPTION_RAW | OPTION_TLS,
                              call_usage, CALL_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count == 0)
@@ -132,6 +162,7 @@ int command_call(int argc, char **argv) {
     url_redact_text(line, redacted, sizeof redacted);
     fflush(stdout);
     fprintf(stderr, "%s\n", redacted);
+    connection_hint(&options, error.code, error.message);
     exit_status = exit_status_for(error.code);
   }
   lua_close(L);

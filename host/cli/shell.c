@@ -1,6 +1,8 @@
-/* amqp-delegate shell: a Lua prompt with a started delegator. Lines run in an
- * environment of their own (_G stays untouched) where a missing name calls that
- * worker: `adder(10, 15)`. Values print pretty-printed; errors as one line. */
+/* amqp-delegate shell: a Lua prompt with a started delegator, or the same
+ * environment for -e CODE and a script FILE (run, then exit). Code runs in an
+ * environment of its own (shell_env.c) where a called name that no global
+ * has calls that worker: `adder(10, 15)`. Values print pretty-printed; errors
+ * as one line. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,61 +21,44 @@
 #include "help.h"
 #include "log.h"
 #include "pretty.h"
+#include "shell.h"
 #include "url.h"
 #include "version.h"
 
 #define SHELL_LOG_LEVEL "warn" /* the default --log-level */
 
 static const char shell_usage[] =
-    "usage: amqp-delegate shell [options]\n"
+    "usage: amqp-delegate shell [options] [FILE [ARG...]]\n"
     "\n"
     "An interactive Lua 5.4 prompt with a started delegator bound to `delegator` and the\n"
-    "module to `delegate`. Any other name that is not defined calls the worker of that\n"
-    "name: `adder(10, 15)` is `delegator:invoke(\"adder\", 10, 15)`. Expressions print their\n"
-    "value (tables as indented JSON); errors print as one line, `CODE: message`.\n"
-    "Ctrl-D, exit() or os.exit() stops the delegator and leaves; Ctrl-C at the prompt\n"
-    "drops the line. For line editing and history: rlwrap amqp-delegate shell.\n"
+    "module to `delegate`. A name that no global has, written as a call, calls the worker\n"
+    "of that name: `adder(10, 15)` is `delegator:invoke(\"adder\", 10, 15)`; anywhere else\n"
+    "such a name is an error (greet(Ada) needs greet(\"Ada\")). Expressions print their\n"
+    "value (tables as indented JSON); errors print as one line, `CODE: message`. help()\n"
+    "says more. On a terminal: line editing, history (~/.amqp_delegate_history) and Tab\n"
+    "completion of globals, fields and the workers called so far. Ctrl-D, exit() or\n"
+    "os.exit() stops the delegator and leaves; Ctrl-C drops the line or interrupts a call.\n"
+    "With -e CODE or a FILE (ARGs in `arg` and `...`) it runs them in the same environment\n"
+    "instead, then exits; the first error ends it with a non-zero status:\n"
+    "  amqp-delegate shell -e 'adder(10, 15)'           -> 25\n"
     "\n"
     "options:\n"
     URL_HELP
     TLS_HELP
+    "  -e, --eval CODE      run CODE (an expression prints its value) instead of the\n"
+    "                       prompt; may be repeated; runs before FILE\n"
     LOG_HELP
-    "  --help, --version\n"
+    HELP_VERSION_HELP
+    OPTIONS_ANYWHERE_HELP
+    "(ARGs of FILE that look like options go after `--`.)\n"
     "\n"
-    "exit status: 0 (or the code given to exit()), 2 usage, 3 the delegator cannot connect.\n";
+    EXIT_CODES_HELP;
 
 void shell_help(void) {
   print_usage(shell_usage, SHELL_LOG_LEVEL);
 }
 
 #define DELEGATOR_KEY "amqp_delegate.shell.delegator" /* registry: the delegator we started */
-#define ENV_KEY "amqp_delegate.shell.env"             /* registry: the prompt's environment */
-
-/* The prompt's environment: reads fall back to _G, then to a helper for any
- * identifier; writes go to _G. A helper calls through the global `delegator`
- * when called, so a delegator the user starts in its place is used. */
-static const char environment_code[] =
-    "local G = ...\n"
-    "local helper = {__name = 'amqp_delegate.shell_helper'}\n"
-    "function helper.__call(self, ...)\n"
-    "  local d = rawget(G, 'delegator')\n"
-    "  if d == nil then error('no `delegator`: set it to a started delegator', 2) end\n"
-    "  return d:invoke(self.name, ...)\n"
-    "end\n"
-    "function helper.__tostring(self)\n"
-    "  return string.format('worker %s: %s(...) calls delegator:invoke(%q, ...)',\n"
-    "                       self.name, self.name, self.name)\n"
-    "end\n"
-    "return setmetatable({}, {\n"
-    "  __index = function(_, name)\n"
-    "    local value = G[name]\n"
-    "    if value == nil and type(name) == 'string' and name:match('^[%a_][%w_]*$') then\n"
-    "      return setmetatable({name = name}, helper)\n"
-    "    end\n"
-    "    return value\n"
-    "  end,\n"
-    "  __newindex = G,\n"
-    "})\n";
 
 /* ---- Ctrl-C ---- */
 
@@ -119,10 +104,11 @@ static void stop_delegator(lua_State *L) {
   lua_settop(L, top);
 }
 
-/* exit([status]) and os.exit([status]): stop the delegator, then os.exit
- * with the state closed. */
+/* exit([status]) and os.exit([status]): save the history, stop the
+ * delegator, then os.exit with the state closed. */
 static int shell_exit(lua_State *L) {
   int top = lua_gettop(L);
+  line_input_close();
   stop_delegator(L);
   lua_settop(L, top);
   fflush(stdout);
@@ -133,11 +119,24 @@ static int shell_exit(lua_State *L) {
   return 0;
 }
 
-static int setup(lua_State *L) {
-  const struct options *options = lua_touserdata(L, 1);
-  lua_settop(L, 0);
+/* The globals and the environment; nothing connects yet. */
+static int prepare(lua_State *L) {
   luaL_requiref(L, "amqp_delegate", luaopen_amqp_delegate, 0);
   lua_setglobal(L, "delegate");
+  lua_getglobal(L, "os");
+  lua_getfield(L, -1, "exit");
+  lua_pushcclosure(L, shell_exit, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "exit");
+  lua_setglobal(L, "exit");
+  lua_pop(L, 1);
+  shell_env_open(L);
+  return 0;
+}
+
+static int connect_delegator(lua_State *L) {
+  const struct options *options = lua_touserdata(L, 1);
+  lua_settop(L, 0);
   lua_getglobal(L, "delegate");
   lua_getfield(L, -1, "delegator");
   lua_createtable(L, 0, 2);
@@ -149,24 +148,10 @@ static int setup(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_call(L, 1, 0);
   lua_setglobal(L, "delegator");
-
-  lua_getglobal(L, "os");
-  lua_getfield(L, -1, "exit");
-  lua_pushcclosure(L, shell_exit, 1);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "exit");
-  lua_setglobal(L, "exit");
-  lua_pop(L, 1);
-
-  if (luaL_loadbuffer(L, environment_code, sizeof environment_code - 1, "=shell") != LUA_OK)
-    lua_error(L);
-  lua_pushglobaltable(L);
-  lua_call(L, 1, 1);
-  lua_setfield(L, LUA_REGISTRYINDEX, ENV_KEY);
   return 0;
 }
 
-/* ---- the prompt ---- */
+/* ---- running code ---- */
 
 static int output_width(void) {
   struct winsize size;
@@ -199,184 +184,267 @@ static int print_values(lua_State *L) {
   return 0;
 }
 
-/* The one line an error prints as: CODE: message for our error objects (and
- * any table with a string code), else what tostring says. */
-static int error_text(lua_State *L) {
-  if (lua_type(L, 1) == LUA_TTABLE) {
-    lua_getfield(L, 1, "code");
-    int coded = lua_type(L, -1) == LUA_TSTRING;
-    lua_pop(L, 1);
-    if (coded) {
-      struct ad_error error;
-      error_object_read(L, 1, ERR_TASK_FAILED, &error);
-      lua_pushfstring(L, "%s: %s", error.code, error.message);
-      return 1;
-    }
-  }
-  luaL_tolstring(L, 1, NULL);
-  return 1;
+/* The exit status that goes with the report (error_report's table) on top. */
+static int report_status(lua_State *L) {
+  int status = EXIT_FAILED;
+  if (lua_type(L, -1) != LUA_TTABLE) return status;
+  if (lua_getfield(L, -1, "code") == LUA_TSTRING) status = exit_status_for(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  return status;
 }
 
-static void print_error(lua_State *L) {
-  lua_pushcfunction(L, error_text);
-  lua_insert(L, -2);
-  const char *text = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING
-                         ? lua_tostring(L, -1)
-                         : "(an error whose message cannot be printed)";
+/* Prints the report on top as one line (its traceback too at debug level). */
+static void print_report(lua_State *L) {
+  const char *text = "(an error whose message cannot be printed)";
+  if (lua_type(L, -1) == LUA_TTABLE && lua_getfield(L, -1, "text") == LUA_TSTRING)
+    text = lua_tostring(L, -1); /* on the stack until the caller clears it */
   fflush(stdout);
   fprintf(stderr, "%s\n", text);
   fflush(stderr);
-  lua_pop(L, 1);
 }
 
-/* Compiles the lines read so far: first as `return <line>` so that an
+/* Compiles `code` as a prompt line: first as `return <code>` so that an
  * expression prints its value, then as statements. Returns 1 with the
- * function pushed, 0 when the chunk is incomplete (more lines needed), -1
- * with the syntax error printed. */
-static int compile(lua_State *L, const char *chunk, size_t length, int single_line) {
-  if (single_line) {
+ * function pushed, 0 when the chunk is incomplete and `incomplete_ok` (more
+ * lines needed), -1 with the syntax error pushed. */
+static int compile(lua_State *L, const char *code, size_t length, const char *name,
+                   int as_expression, int incomplete_ok) {
+  if (as_expression) {
     lua_pushliteral(L, "return ");
-    lua_pushlstring(L, chunk, length);
+    lua_pushlstring(L, code, length);
     lua_concat(L, 2);
     size_t return_length;
     const char *with_return = lua_tolstring(L, -1, &return_length);
-    int status = luaL_loadbuffer(L, with_return, return_length, "=stdin");
+    int status = luaL_loadbuffer(L, with_return, return_length, name);
     lua_remove(L, -2);
     if (status == LUA_OK) return 1;
     lua_pop(L, 1);
   }
-  int status = luaL_loadbuffer(L, chunk, length, "=stdin");
+  int status = luaL_loadbuffer(L, code, length, name);
   if (status == LUA_OK) return 1;
   size_t message_length;
   const char *message = lua_tolstring(L, -1, &message_length);
   static const char eof_mark[] = "<eof>";
-  if (status == LUA_ERRSYNTAX && message && message_length >= sizeof eof_mark - 1 &&
+  if (incomplete_ok && status == LUA_ERRSYNTAX && message &&
+      message_length >= sizeof eof_mark - 1 &&
       strcmp(message + message_length - (sizeof eof_mark - 1), eof_mark) == 0) {
     lua_pop(L, 1);
     return 0;
   }
-  print_error(L);
   return -1;
 }
 
-static void execute(lua_State *L) {
-  int base = lua_gettop(L); /* the function */
-  lua_getfield(L, LUA_REGISTRYINDEX, ENV_KEY);
+/* Runs the function on top (with `nargs` arguments above it) in the shell's
+ * environment and, when `print`, prints what it returns. Returns 0, or the
+ * exit status of its error (printed as one line). */
+static int execute(lua_State *L, int nargs, int print, int debug) {
+  int base = lua_gettop(L) - nargs; /* the function */
+  shell_env_push(L);
   if (!lua_setupvalue(L, base, 1)) lua_pop(L, 1); /* a main chunk's first upvalue is _ENV */
+  lua_pushboolean(L, debug);
+  lua_pushcclosure(L, error_report, 1);
+  lua_insert(L, base);
   interrupted = 0;
   running = L;
-  int status = lua_pcall(L, 0, LUA_MULTRET, 0);
+  int status = lua_pcall(L, nargs, LUA_MULTRET, base);
   running = NULL;
   lua_sethook(L, NULL, 0, 0);
   catch_interrupts(); /* a Ctrl-C while it ran left SIG_DFL */
+  lua_remove(L, base);
+  int exit_status = EXIT_OK;
   if (status != LUA_OK) {
-    int by_ctrl_c = interrupted;
-    if (lua_type(L, -1) == LUA_TTABLE) { /* the core ends a waiting call with INTERRUPTED */
-      lua_getfield(L, -1, "code");
-      by_ctrl_c |= lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "INTERRUPTED") == 0;
-      lua_pop(L, 1);
-    }
-    if (by_ctrl_c && isatty(STDIN_FILENO)) fputc('\n', stdout); /* after the echoed ^C */
-    print_error(L);
-  } else if (lua_gettop(L) >= base) {
+    /* our hook stopped the code, or the core ended a waiting call */
+    exit_status = interrupted ? EXIT_INTERRUPTED : report_status(L);
+    if (exit_status == EXIT_INTERRUPTED && isatty(STDIN_FILENO))
+      fputc('\n', stdout); /* after the echoed ^C */
+    print_report(L);
+  } else if (print && lua_gettop(L) >= base) {
     lua_pushcfunction(L, print_values);
     lua_insert(L, base);
-    if (lua_pcall(L, lua_gettop(L) - base, 0, 0) != LUA_OK) print_error(L);
+    if (lua_pcall(L, lua_gettop(L) - base, 0, 0) != LUA_OK)
+      exit_status = fail(EXIT_FAILED, "cannot print the result: %s", lua_tostring(L, -1));
   }
   lua_settop(L, base - 1);
+  return exit_status;
+}
+
+/* ---- -e CODE and FILE ---- */
+
+/* Compiles every -e CODE and the FILE before anything connects (a typo costs
+ * no connection) and pushes the functions in order. Returns 0, or prints the
+ * error and returns its exit status. */
+static int compile_batch(lua_State *L, const struct options *options) {
+  luaL_checkstack(L, options->eval_count + 4, "too many -e");
+  for (int i = 0; i < options->eval_count; i++) {
+    const char *code = options->eval[i];
+    if (compile(L, code, strlen(code), "=-e", 1, 0) < 0)
+      return fail(EXIT_FAILED, "%s", lua_tostring(L, -1));
+    shell_env_note_calls(L, code, strlen(code));
+  }
+  if (options->rest_count == 0) return 0;
+  const char *file = options->rest[0];
+  size_t length;
+  char *text = read_whole_file(file, &length);
+  if (!text) return fail(EXIT_FAILED, "cannot open %s: %s", file, strerror(errno));
+  const char *code = text;
+  if (code[0] == '#') code += strcspn(code, "\n"); /* #!/usr/bin/env ... keeps its line */
+  lua_pushfstring(L, "@%s", file);
+  int status = luaL_loadbuffer(L, code, length - (size_t)(code - text), lua_tostring(L, -1));
+  lua_remove(L, -2);
+  if (status == LUA_OK) shell_env_note_calls(L, code, length - (size_t)(code - text));
+  free(text);
+  if (status != LUA_OK) return fail(EXIT_FAILED, "%s", lua_tostring(L, -1));
+  return 0;
+}
+
+/* Runs what compile_batch pushed: the -e chunks print their values; the
+ * FILE gets its ARGs as `arg` and `...`. Stops at the first error. */
+static int run_batch(lua_State *L, const struct options *options, int first, int debug) {
+  for (int i = 0; i < options->eval_count; i++) {
+    lua_pushvalue(L, first + i);
+    int status = execute(L, 0, 1, debug);
+    if (status) return status;
+  }
+  if (options->rest_count == 0) return EXIT_OK;
+  int args = options->rest_count - 1;
+  luaL_checkstack(L, args + 4, "too many arguments");
+  lua_createtable(L, args, 1);
+  for (int i = 0; i <= args; i++) {
+    lua_pushstring(L, options->rest[i]);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setglobal(L, "arg");
+  lua_pushvalue(L, first + options->eval_count);
+  for (int i = 1; i <= args; i++) lua_pushstring(L, options->rest[i]);
+  return execute(L, args, 0, debug);
+}
+
+/* ---- the prompt ---- */
+
+static const char *complete_word(void *data, const char *word, int index) {
+  return shell_env_complete(data, word, index);
 }
 
 static void banner(const struct options *options) {
-  struct amqp_url url;
-  struct ad_error error;
-  const char *where = "?";
-  if (url_parse(&url, options->url ? options->url : url_default(), &error) == 0)
-    where = url.redacted;
+  char where[2048];
+  url_redact_text(options->url ? options->url : url_default(), where, sizeof where);
   printf("amqp-delegate %s shell (%s): `delegator` is started on %s, `delegate` is "
-         "require \"amqp_delegate\", any other name calls that worker: adder(10, 15). "
-         "Ctrl-D or exit() leaves.\n",
+         "require \"amqp_delegate\", any other name called as a function calls that worker: "
+         "adder(10, 15). help() tells more; Ctrl-D or exit() leaves.\n",
          AMQP_DELEGATE_VERSION, LUA_RELEASE, where);
 }
 
-static void repl(lua_State *L) {
-  int interactive = isatty(STDIN_FILENO);
-  char *line = NULL, *chunk = NULL;
-  size_t line_capacity = 0, chunk_length = 0, chunk_capacity = 0;
+/* Appends line and a newline to the chunk being typed; 0, or -1 (memory). */
+static int append(char **chunk, size_t *length, size_t *capacity, const char *line) {
+  size_t adding = strlen(line) + 1;
+  if (*length + adding + 1 > *capacity) {
+    size_t grown_capacity = (*length + adding + 1) * 2;
+    char *grown = realloc(*chunk, grown_capacity);
+    if (!grown) return -1;
+    *chunk = grown;
+    *capacity = grown_capacity;
+  }
+  memcpy(*chunk + *length, line, adding - 1);
+  (*chunk)[*length + adding - 1] = '\n';
+  *length += adding;
+  (*chunk)[*length] = '\0';
+  return 0;
+}
+
+static void repl(lua_State *L, int debug) {
+  char *chunk = NULL;
+  size_t chunk_length = 0, chunk_capacity = 0;
   int lines = 0;
   for (;;) {
-    if (interactive) {
-      fputs(lines ? ">> " : "> ", stdout);
-      fflush(stdout);
-    }
     interrupted = 0;
-    errno = 0;
-    ssize_t length = getline(&line, &line_capacity, stdin);
-    if (length < 0) {
-      if (interrupted || errno == EINTR) { /* Ctrl-C at the prompt: drop the line */
-        clearerr(stdin);
-        fputc('\n', stdout);
+    char *line = line_input_read(lines ? ">> " : "> ");
+    if (!line) {
+      if (interrupted) { /* Ctrl-C at the prompt: drop the chunk */
+        fputs(line_input_editing() ? "^C\n" : "\n", stdout);
+        fflush(stdout);
         lines = 0;
         chunk_length = 0;
         continue;
       }
-      if (interactive) fputc('\n', stdout);
+      if (isatty(STDIN_FILENO)) fputc('\n', stdout);
       break;
     }
-    if (chunk_length + (size_t)length + 1 > chunk_capacity) {
-      size_t capacity = (chunk_length + (size_t)length + 1) * 2;
-      char *grown = realloc(chunk, capacity);
-      if (!grown) {
-        fail(EXIT_FAILED, "out of memory");
-        break;
-      }
-      chunk = grown;
-      chunk_capacity = capacity;
+    line_input_remember(line);
+    int appended = append(&chunk, &chunk_length, &chunk_capacity, line);
+    free(line);
+    if (appended != 0) {
+      fail(EXIT_FAILED, "out of memory");
+      break;
     }
-    memcpy(chunk + chunk_length, line, (size_t)length);
-    chunk_length += (size_t)length;
     lines++;
     if (lines == 1 && strspn(chunk, " \t\r\n") == chunk_length) { /* an empty line */
       lines = 0;
       chunk_length = 0;
       continue;
     }
-    int compiled = compile(L, chunk, chunk_length, lines == 1);
+    int compiled = compile(L, chunk, chunk_length, "=stdin", lines == 1, 1);
     if (compiled == 0) continue; /* incomplete: read on */
-    if (compiled > 0) execute(L);
+    if (compiled > 0) {
+      shell_env_note_calls(L, chunk, chunk_length);
+      execute(L, 0, 1, debug);
+    } else {
+      fflush(stdout);
+      fprintf(stderr, "%s\n", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
     lines = 0;
     chunk_length = 0;
   }
-  free(line);
   free(chunk);
 }
 
-int command_shell(int argc, char **argv) {
+/* ---- the command ---- */
+
+/* The delegator could not start: one line (and the hint), and the status. */
+static int setup_failure(lua_State *L, const struct options *options) {
+  struct ad_error error;
+  error_object_read(L, -1, ERR_CONNECTION_FAILED, &error);
+  fail(0, "%s: %s", error.code, error.message);
+  connection_hint(options, error.code, error.message);
+  int status = exit_status_for(error.code);
+  return status == EXIT_FAILED ? EXIT_CONNECTION : status;
+}
+
+static int shell(lua_State *L, const struct options *options) {
+  lua_pushcfunction(L, prepare);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+    return fail(EXIT_FAILED, "cannot set the shell up: %s", luaL_tolstring(L, -1, NULL));
+  int batch = options->eval_count > 0 || options->rest_count > 0;
+  int first = lua_gettop(L) + 1;
+  int status = compile_batch(L, options);
+  if (status) return status;
+  lua_pushcfunction(L, connect_delegator);
+  lua_pushlightuserdata(L, (void *)options);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) return setup_failure(L, options);
+  catch_interrupts();
+  int debug = debug_logging(options);
+  if (batch) return run_batch(L, options, first, debug);
+  int terminal = isatty(STDIN_FILENO);
+  line_input_open(terminal && isatty(STDOUT_FILENO), &interrupted, complete_word, L);
+  if (terminal) banner(options);
+  fflush(stdout);
+  repl(L, debug);
+  line_input_close();
+  return EXIT_OK;
+}
+
+int command_shell(int argc, char **argv, int command) {
   log_set_level(LOG_WARN); /* SHELL_LOG_LEVEL, until --log-level says otherwise */
   struct options options;
-  int status = parse_options(argc, argv, OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS, shell_usage,
-                             SHELL_LOG_LEVEL, &options);
+  int status = parse_options(argc, argv, command,
+                             OPTION_URL | OPTION_LOG_LEVEL | OPTION_TLS | OPTION_EVAL,
+                             shell_usage, SHELL_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
-  if (options.rest_count > 0)
-    return fail(EXIT_USAGE, "shell takes no arguments (see amqp-delegate shell --help)");
   lua_State *L = new_state();
   if (!L) return fail(EXIT_FAILED, "cannot create a Lua state");
-  lua_pushcfunction(L, setup);
-  lua_pushlightuserdata(L, &options);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    struct ad_error error;
-    error_object_read(L, -1, ERR_CONNECTION_FAILED, &error);
-    fail(0, "%s: %s", error.code, error.message);
-    stop_delegator(L);
-    lua_close(L);
-    return exit_status_for(error.code) == EXIT_FAILED ? EXIT_CONNECTION
-                                                      : exit_status_for(error.code);
-  }
-  catch_interrupts();
-  if (isatty(STDIN_FILENO)) banner(&options);
-  fflush(stdout);
-  repl(L);
+  status = shell(L, &options);
   signal(SIGINT, SIG_DFL);
   stop_delegator(L);
   lua_close(L);
-  return EXIT_OK;
+  return status;
 }
