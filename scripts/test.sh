@@ -174,6 +174,9 @@ fi
 
 export AMQP_URL AMQP_PORT AMQPS_URL TLS_DIR RABBITMQ_DIR RABBITMQ_NODENAME
 export AMQP_DELEGATE_BUILD="$BUILD"
+# `run` waits a minute for an unreachable broker by default; the specs that point it at a
+# dead port mean "fail now" (wait_for_broker_spec sets its own)
+export AMQP_DELEGATE_WAIT_FOR_BROKER=0
 export LUA_CPATH="$BUILD/?.so;;"
 unset LUA_CPATH_5_4   # it would take precedence over LUA_CPATH in Lua 5.4
 export PATH="$BUILD:$PATH"

@@ -69,6 +69,20 @@ describe("waiting for the broker at start", function()
     assert.are.equal("x", d:invoke(name, 0, "x"))
   end)
 
+  it("run waits a minute by default, and a refusal ends the start at once", function()
+    local port = free_port()
+    local host = broker.spawn("env -u AMQP_DELEGATE_WAIT_FOR_BROKER " .. broker.shell_quote(support.host_binary())
+      .. " run --url amqp://guest:guest@127.0.0.1:" .. port .. " " .. broker.shell_quote(broker.root() .. "/scripts/adder.lua"))
+    defer(function() host:kill() end)
+    assert(host:wait_for("waiting for the broker (for 60 s at most)", 10 * slow, true), host:output())
+    -- bad credentials are a refusal, not a broker that is not up yet
+    local refused = support.host({ "scripts/adder.lua" }, { wait = false,
+      url = broker.url():gsub("^(amqp://[^:]+:)([^@]*)@", "%1wrong@"),
+      env = { AMQP_DELEGATE_WAIT_FOR_BROKER = "60" } })
+    defer(function() refused:kill() end)
+    assert.are.equal(3, refused:wait_exit(15 * slow), refused:output())
+  end)
+
   it("wait_for_broker = n gives up after about n seconds with the broker's error", function()
     local port = free_port()
     local d = delegate.delegator({ url = "amqp://guest:secret@127.0.0.1:" .. port, wait_for_broker = 1 })

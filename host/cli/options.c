@@ -140,6 +140,7 @@ static const struct option_spec option_specs[] = {
     {"url", 'u', OPTION_URL, 1},
     {"concurrency", 'c', OPTION_CONCURRENCY, 1},
     {"queue-type", 0, OPTION_QUEUE_TYPE, 1},
+    {"wait-for-broker", 'w', OPTION_WAIT_FOR_BROKER, 1},
     {"timeout", 't', OPTION_TIMEOUT, 1},
     {"pretty", 'p', OPTION_PRETTY, 0},
     {"raw", 'r', OPTION_RAW, 0},
@@ -250,6 +251,11 @@ static int take_value(const struct option_spec *spec, char *value, struct option
     if (take_number(spec->name, value, 0, 1e6, "a number of seconds (0: none)", &number))
       return EXIT_USAGE;
     options->timeout = number;
+    return 0;
+  case OPTION_WAIT_FOR_BROKER:
+    if (take_number(spec->name, value, 0, 86400, "a number of seconds (0: no wait)", &number))
+      return EXIT_USAGE;
+    options->wait_for_broker = value;
     return 0;
   case OPTION_QUEUE_TYPE:
     if (strcmp(value, "classic") != 0 && strcmp(value, "quorum") != 0)

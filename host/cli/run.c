@@ -17,6 +17,8 @@
 #include "log.h"
 #include "runtime.h"
 
+#define RUN_WAIT_FOR_BROKER "60" /* seconds */
+
 #define RUN_LOG_LEVEL "info" /* the default --log-level (the log's own) */
 
 static const char run_usage[] =
@@ -36,6 +38,9 @@ static const char run_usage[] =
     "  -c, --concurrency N  tasks each worker runs at once (prefetch), default 1\n"
     "  --queue-type TYPE    queue type for workers' queues the host declares: classic or\n"
     "                       quorum (default: the Node protocol's transient classic queue)\n"
+    "  -w, --wait-for-broker SECONDS\n"
+    "                       keep trying to reach the broker at start this long, logged\n"
+    "                       (default " RUN_WAIT_FOR_BROKER " s, or $AMQP_DELEGATE_WAIT_FOR_BROKER; 0: fail at once)\n"
     LOG_HELP
     HELP_VERSION_HELP
     OPTIONS_ANYWHERE_HELP
@@ -196,7 +201,7 @@ int command_run(int argc, char **argv, int command) {
   struct options options;
   int status = parse_options(argc, argv, command,
                              OPTION_URL | OPTION_CONCURRENCY | OPTION_LOG_LEVEL | OPTION_TLS |
-                                 OPTION_QUEUE_TYPE,
+                                 OPTION_QUEUE_TYPE | OPTION_WAIT_FOR_BROKER,
                              run_usage, RUN_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count == 0)
@@ -204,6 +209,9 @@ int command_run(int argc, char **argv, int command) {
   /* Delegators and workers the files make themselves use the same broker. */
   if (options.url) setenv("AMQP_URL", options.url, 1);
   if (options.queue_type) setenv("AMQP_DELEGATE_QUEUE_TYPE", options.queue_type, 1);
+  /* A host started before its broker (at boot, by a service manager) keeps trying. */
+  if (options.wait_for_broker) setenv("AMQP_DELEGATE_WAIT_FOR_BROKER", options.wait_for_broker, 1);
+  else setenv("AMQP_DELEGATE_WAIT_FOR_BROKER", RUN_WAIT_FOR_BROKER, 0);
   lua_State *L = new_state();
   if (!L) return fail(EXIT_FAILED, "cannot create a Lua state");
   lua_pushcfunction(L, run);

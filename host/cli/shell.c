@@ -245,10 +245,14 @@ static int execute(lua_State *L, int nargs, int print, int debug) {
   lua_pushcclosure(L, error_report, 1);
   lua_insert(L, base);
   interrupted = 0;
+  /* the module's keepalive hook (heartbeats while a line computes) comes back after a
+   * Ctrl-C replaced it */
+  lua_Hook hook = lua_gethook(L);
+  int hook_mask = lua_gethookmask(L), hook_count = lua_gethookcount(L);
   running = L;
   int status = lua_pcall(L, nargs, LUA_MULTRET, base);
   running = NULL;
-  lua_sethook(L, NULL, 0, 0);
+  lua_sethook(L, hook == stop_hook ? NULL : hook, hook_mask, hook_count);
   catch_interrupts(); /* a Ctrl-C while it ran left SIG_DFL */
   lua_remove(L, base);
   int exit_status = EXIT_OK;

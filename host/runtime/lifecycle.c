@@ -241,10 +241,11 @@ static void log_attempt_failed(struct lifecycle *lifecycle, const struct ad_erro
 
 /* ---- events ---- */
 
-/* A first start may keep trying for start_patience seconds. */
-static int still_patient(const struct lifecycle *lifecycle) {
+/* A first start that cannot reach a broker may keep trying for
+ * start_patience seconds; a refusal (credentials, a queue) ends it at once. */
+static int still_patient(const struct lifecycle *lifecycle, const struct ad_error *error) {
   uint64_t now = uv_now(&lifecycle->runtime->loop);
-  return lifecycle->start_patience > 0 &&
+  return lifecycle->start_patience > 0 && strcmp(error->code, ERR_CONNECTION_FAILED) == 0 &&
          now - lifecycle->start_began < runtime_milliseconds(lifecycle->start_patience);
 }
 
@@ -264,7 +265,7 @@ static void log_waiting(struct lifecycle *lifecycle, const struct ad_error *erro
 static void setup_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
   drop_channel(lifecycle);
   int another = next_broker(lifecycle);
-  if (lifecycle->first_start && !another && !still_patient(lifecycle)) {
+  if (lifecycle->first_start && !another && !still_patient(lifecycle, error)) {
     become_stopped(lifecycle, 0);
     end_start(lifecycle, error);
     return;
