@@ -20,7 +20,10 @@ describe("long tasks", function()
   before_each(function() delegator = support.delegator({ timeout = 90 * slow }) end)
   after_each(function() pcall(delegator.stop, delegator) end)
 
-  it("a 30 s CPU-bound task on a worker with heartbeat 2 runs once and answers", function()
+  -- 30 s as the issue asks; 10 s (five heartbeat intervals) under valgrind or ASan, whose
+  -- stages rerun every spec
+  local spin = os.getenv("AMQP_DELEGATE_WRAPPER") and 10 or 30
+  it("a " .. spin .. " s CPU-bound task on a worker with heartbeat 2 runs once and answers", function()
     local name = unique("long_cpu")
     defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
@@ -28,13 +31,13 @@ describe("long tasks", function()
     local host = support.host({ "spec/workers/cpu_bound.lua" },
       { env = { WORKER_NAME = name, HEARTBEAT = "2", RUNS_FILE = runs } })
     defer(function() host:kill() end)
-    assert.are.equal("computed", delegator:invoke(name, 30))
+    assert.are.equal("computed", delegator:invoke(name, spin))
     local count = select(2, (broker.read_file(runs) or ""):gsub("run\n", ""))
     assert.are.equal(1, count, "the task ran once\n" .. host:output())
     local output = host:output()
     assert.falsy(output:find("CONNECTION_LOST", 1, true), output)
     assert.truthy(output:find("a task of worker '" .. name .. "' holds the loop", 1, true), output)
-    assert.truthy(output:find("held the loop for 3%d%.%d s"), output)
+    assert.truthy(output:find("held the loop for " .. math.floor(spin / 10) .. "%d%.%d s"), output)
   end)
 
   it("a result lost with the connection is answered from the kept result on redelivery: the task ran once", function()
