@@ -196,6 +196,37 @@ describe("a 3-node cluster", function()
     assert.is_true(summary.retried > 0, "calls went again through the other node\n" .. summary.output)
   end)
 
+  it("kill -9 of the node holding the delegator's connection and the queue's leader: all answered once, rightly", function()
+    local name = unique("cluster_kill_leader")
+    defer(function() pcall(ctl, "delete_queue", name) end)
+    -- the queue's leader on node 1 (declared from there), its worker on node 2
+    local declarer = delegate.worker({ name = name, url = url(1), queue = "quorum", task = function() end })
+    declarer:start()
+    declarer:stop()
+    assert.are.equal(1, leader_of(name))
+    local worker = host(url(2), name, "quorum")
+    defer(function() worker:kill() end)
+    -- a delegator on node 1 that can fail over to node 3
+    local go = os.tmpname()
+    os.remove(go)
+    defer(function() os.remove(go) end)
+    local calls
+    for _ = 1, 10 do
+      calls = load(urls({ 1, 3 }), name, 1000, { "0", "", go })
+      if node_of(calls:pid()) == 1 then break end
+      calls:kill()
+      calls = nil
+    end
+    assert(calls, "a delegator on node 1")
+    defer(function() calls:kill() end)
+    assert(io.open(go, "w")):close()
+    assert(calls:wait_for("answered 100\n", 60 * slow, true), "calls flow:\n" .. calls:output())
+    cluster_sh("kill", CLUSTER_DIR, "1")
+    restart_after(1)
+    local summary = summary_of(calls, 120)
+    assert_all_answered(summary, 1000)
+  end)
+
   it("a rolling restart of the three nodes under load: every call answered, rightly", function()
     local name = unique("cluster_rolling")
     defer(function() pcall(ctl, "delete_queue", name) end)

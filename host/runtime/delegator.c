@@ -451,10 +451,13 @@ static int setup(void *owner, struct channel *channel, const struct channel_repl
 
 static void ready(void *owner) {
   struct delegator *delegator = owner;
+  delegator->acks_on_channel = 0;
   log_line(LOG_DEBUG, "delegator ready on %s, replies to %s",
            channel_endpoint(delegator->lifecycle.channel), delegator->reply_queue.bytes);
   send_held(delegator);
 }
+
+#define NACK_REOPENS_MAX 3
 
 /* The broker took the request (or refused it: nack). */
 static void confirmed(void *owner, uint64_t serial, int ack) {
@@ -464,6 +467,21 @@ static void confirmed(void *owner, uint64_t serial, int ack) {
   unlink_unconfirmed(delegator, call);
   if (ack) {
     call->confirmed = 1;
+    delegator->acks_on_channel++;
+    delegator->nack_reopens = 0;
+    return;
+  }
+  if (delegator->acks_on_channel == 0 && delegator->nack_reopens < NACK_REOPENS_MAX &&
+      call->retries_left > 0) {
+    /* A channel that refuses from its first publish was opened while a quorum
+     * queue elected its leader: RabbitMQ 3.10 keeps refusing on it until the
+     * old leader's node is back, while a new channel works. */
+    struct ad_error why;
+    error_set(&why, ERR_NOT_CONFIRMED, "the broker refuses every request on this channel "
+              "(opened while a quorum queue elected its leader?)");
+    delegator->nack_reopens++;
+    spend_retry(delegator, call);
+    lifecycle_reopen(&delegator->lifecycle, &why, 0.5 * delegator->nack_reopens);
     return;
   }
   if (spend_retry(delegator, call)) { /* the broker refused it: give it a moment */

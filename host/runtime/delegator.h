@@ -77,6 +77,8 @@ struct delegator {
   struct call *unconfirmed_first, *unconfirmed_last; /* in publish order */
   uint64_t next_serial;
   uv_timer_t *resend_timer; /* returned requests wait a moment before they go again */
+  unsigned long acks_on_channel; /* confirms this channel gave; 0: it never took one */
+  unsigned nack_reopens;         /* channels given up for refusing from the start, in a row */
   unsigned long in_flight;
   struct pending_calls pending;
   uv_timer_t *deadline_timer;

@@ -375,6 +375,27 @@ static void on_closed(void *owner, const struct ad_error *error) {
   }
 }
 
+/* ---- a new channel for a ready owner ---- */
+
+static void on_reopen(uv_timer_t *timer) {
+  struct lifecycle *lifecycle = timer->data;
+  if (lifecycle->state != LIFECYCLE_READY) return;
+  log_line(LOG_WARN, "%s: %s: a new channel in %g s", lifecycle->label,
+           lifecycle->reopen_why.message, lifecycle->reopen_delay);
+  drop_channel(lifecycle);
+  lifecycle->ops->lost(lifecycle->owner, &lifecycle->reopen_why);
+  lifecycle->state = LIFECYCLE_BACKOFF; /* on the same broker: on_backoff opens it */
+  uv_timer_start(lifecycle->timer, on_backoff, runtime_milliseconds(lifecycle->reopen_delay), 0);
+}
+
+void lifecycle_reopen(struct lifecycle *lifecycle, const struct ad_error *why, double delay) {
+  if (lifecycle->state != LIFECYCLE_READY || uv_is_active((uv_handle_t *)lifecycle->timer))
+    return;
+  lifecycle->reopen_why = *why;
+  lifecycle->reopen_delay = delay;
+  uv_timer_start(lifecycle->timer, on_reopen, 0, 0); /* never inside a transport callback */
+}
+
 /* ---- start ---- */
 
 static int start_continue(lua_State *L, int status, lua_KContext k) {

@@ -83,6 +83,8 @@ struct lifecycle {
   struct fiber *start_waiter;
   int stopped; /* set when a stop completes: plain stop() waits on it */
   int stop_overdue; /* stopping for longer than connect_timeout: stop waiting on the broker */
+  struct ad_error reopen_why; /* lifecycle_reopen: logged and given to ops->lost */
+  double reopen_delay;
   int was_open;
   /* hooks due, run from the job queue */
   struct job hooks_job;
@@ -101,6 +103,11 @@ int lifecycle_start(struct lifecycle *lifecycle, lua_State *L, int self);
 /* Begins a graceful stop; from plain Lua, waits until it is stopped. Raises
  * NOT_STARTED. */
 void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L);
+/* Ready, the owner finds its channel unfit (RabbitMQ refuses every publish
+ * of a channel opened while a quorum queue elects its leader): from the
+ * loop, after delay seconds, it gets a new channel on the same broker; what
+ * depended on the old one ends as for a loss (ops->lost). */
+void lifecycle_reopen(struct lifecycle *lifecycle, const struct ad_error *why, double delay);
 /* The owner's in-hand work changed: a stop may complete now. */
 void lifecycle_check_drained(struct lifecycle *lifecycle);
 /* __gc: the state is closing; nothing more will run. */
