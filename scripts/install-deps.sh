@@ -10,6 +10,7 @@ PACKAGES=(
     build-essential cmake pkg-config
     librabbitmq-dev liblua5.4-dev lua5.4 lua-cjson lua-busted luarocks libuv1-dev
     rabbitmq-server nodejs npm valgrind clang openssl ca-certificates
+    python3-pika
 )
 
 die() { echo "install-deps.sh: error: $*" >&2; exit 1; }

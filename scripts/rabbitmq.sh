@@ -11,6 +11,10 @@
 #
 # After start, DIR/env holds shell-sourceable lines:
 #   AMQP_PORT, AMQP_URL, RABBITMQ_NODENAME, RABBITMQ_DIST_PORT, RABBITMQ_DIR, RABBITMQ_PID_FILE, ...
+# `start` on a DIR whose env exists but whose node is not running starts the node again on the
+# env's AMQP_PORT, AMQP_URL, AMQPS_PORT, RABBITMQ_DIST_PORT, RABBITMQ_NODENAME, with its data
+# and cookie (DIR/home/.erlang.cookie, made only when missing). scripts/cluster.sh relies on
+# this: it writes those lines, a shared cookie and DIR/advanced.config before the first start.
 #
 # Layout of DIR: home/ (HOME with this node's own .erlang.cookie), mnesia/, log/, rabbitmq.conf,
 # enabled_plugins, rabbitmq-env.conf (empty: keeps /etc/rabbitmq/rabbitmq-env.conf out),
@@ -38,29 +42,9 @@ usage() {
 abs_dir() { (cd "$1" && pwd -P); }
 
 # ---------------------------------------------------------------- ports
-port_busy() { # port -> 0 when something listens on it (or it is otherwise taken)
-    local p=$1
-    if command -v ss >/dev/null 2>&1; then
-        [ -n "$(ss -Htanl "( sport = :$p )" 2>/dev/null)" ] && return 0
-        return 1
-    fi
-    # no ss: try to connect (a refused connection means nothing listens there)
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then return 0; fi
-    return 1
-}
-
-random_port() { # lo hi -> a random free port in [lo, hi)
-    local lo=$1 hi=$2 p i
-    for i in $(seq 1 200); do
-        p=$(( lo + (RANDOM * 32768 + RANDOM) % (hi - lo) ))
-        if ! port_busy "$p"; then echo "$p"; return 0; fi
-    done
-    return 1
-}
-
-tcp_accepts() { # port -> 0 when a TCP connection to 127.0.0.1:port succeeds
-    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
+# port_busy, random_port, tcp_accepts (shared with scripts/cluster.sh)
+# shellcheck source=lib/ports.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/ports.sh"
 
 # ---------------------------------------------------------------- node env
 load_env() { # DIR -> sets globals from DIR/env
@@ -259,9 +243,12 @@ start_node() {
         "$RMQ_BIN/rabbitmq-server" > "$DIR/log/server.out" 2>&1 < /dev/null &
     echo $! > "$DIR/launcher.pid"
 
-    # wait: node answers ping, the app is booted, the AMQP port accepts connections
+    # wait: node registered in epmd, answers ping, the app is booted, the AMQP port accepts
+    # connections. (epmd first: asking it is cheap, while each ping starts an Erlang VM for the
+    # CLI, which slows down the nodes starting at the same time on few cores.)
     local deadline=$((SECONDS + START_TIMEOUT)) reason="the node did not answer ping"
-    local stage=ping
+    local stage=epmd
+    command -v epmd >/dev/null 2>&1 || stage=ping
     while :; do
         if ! node_alive; then
             mv -f "$DIR/env.tmp" "$DIR/env.failed" 2>/dev/null || true
@@ -270,6 +257,9 @@ start_node() {
             die "RabbitMQ failed to start in $DIR"
         fi
         case $stage in
+        epmd)
+            if epmd ${ERL_EPMD_PORT:+-port "$ERL_EPMD_PORT"} -names 2>/dev/null \
+                | grep "^name ${NODE%@*} at" >/dev/null; then stage=ping; continue; fi ;;
         ping)
             if CLI_TIMEOUT=20 cli rabbitmq-diagnostics -q ping >/dev/null 2>&1; then stage=boot; continue; fi ;;
         boot)
