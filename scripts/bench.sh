@@ -12,6 +12,10 @@
 # slow adder with DEPTH in flight at worker concurrency 1 and DEPTH; the worker process's RSS
 # idle, under load and after BENCH_RSS_CALLS calls. Prints a table with the ratios (a)/(b) and
 # (a)/(c) and writes it, with the command, date and machine, to bench/RESULTS.md.
+# A/B rows on that node: (a) with publisher confirms off (BENCH_CONFIRMS=0 given to
+# bench/adder_worker.lua and bench/lua_bench.lua: `confirms = false` on both sides) against (a) as
+# shipped; the keepalive count hook's cost: a task summing 1..N (bench/spin_worker.lua) on a host
+# as shipped and on one with AMQP_DELEGATE_KEEPALIVE=0 (bench/keepalive_bench.lua).
 #
 # Knobs (environment):
 #   BENCH_CALLS=2000            sequential calls measured (ours, bare C)
@@ -28,8 +32,11 @@
 #   BENCH_MAX_SECONDS=15        cap on one measurement: no new call after that (Node mostly)
 #   BENCH_REPEAT=5              (a) and (c) sequential and pipelined runs alternate this many
 #                               times; the table shows the medians
+#   BENCH_KEEPALIVE_RUNS=5      keepalive A/B: calls of the spin task on each host (median)
+#   BENCH_KEEPALIVE_N=50000000  keepalive A/B: loop iterations per call
 #   BENCH_AMQP_URL=amqp://...   use that broker instead of starting one
 #   BENCH_SKIP_BUILD=1          do not run cmake (the build dir must hold the binaries)
+#   BENCH_TMPDIR=/tmp           where the temp dir (logs, broker) is made
 #   BUILD_DIR=build  BUILD_TYPE=RelWithDebInfo  BENCH_RESULTS=bench/RESULTS.md
 set -euo pipefail
 
@@ -50,6 +57,8 @@ SLOW1_CALLS=${BENCH_SLOW1_CALLS:-200}
 SLOW_MS=${BENCH_SLOW_MS:-10}
 RSS_CALLS=${BENCH_RSS_CALLS:-100000}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-15}
+KEEPALIVE_RUNS=${BENCH_KEEPALIVE_RUNS:-5}
+KEEPALIVE_N=${BENCH_KEEPALIVE_N:-50000000}
 BUILD=${BUILD_DIR:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo}
@@ -61,7 +70,9 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 # ------------------------------------------------------------------ cleanup
 PIDS=()          # every background process we started (and only those)
 BROKER_DIR=""
-WORK=$(mktemp -d /tmp/amqp-delegate-bench.XXXXXX)
+TMP_PARENT=${BENCH_TMPDIR:-/tmp}
+mkdir -p "$TMP_PARENT"
+WORK=$(mktemp -d "$TMP_PARENT/amqp-delegate-bench.XXXXXX")
 chmod 755 "$WORK"
 
 stop_pid() { # pid: TERM, wait up to 5 s, then KILL
@@ -196,7 +207,7 @@ measure() { # peer.prefix label cmd...: runs a client, stores its RESULT lines a
     fi
     local k v
     while read -r _ k v; do R[$key"_"$k]=$v; done < <(grep '^RESULT ' "$out")
-    log "$label: $(grep '^RESULT cps' "$out" | awk '{print $3}') calls/s"
+    if grep -q '^RESULT cps' "$out"; then log "$label: $(grep '^RESULT cps' "$out" | awk '{print $3}') calls/s"; fi
 }
 
 cpu_ticks() { # pid -> utime + stime of the process, in clock ticks
@@ -206,10 +217,12 @@ TICK=$(getconf CLK_TCK)
 cpu_us_per_call() { # ticks_before ticks_after calls -> microseconds of CPU per call
     awk -v a="$1" -v b="$2" -v n="$3" -v t="$TICK" 'BEGIN {if (n > 0) printf "%.2f", (b - a) / t * 1e6 / n}'
 }
-median() { # values... -> the median (the lower one of the middle two)
-    printf '%s\n' "$@" | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
+nonempty() { printf '%s\n' "$@" | { grep -v '^$' || true; }; }   # (no value: no line, status 0)
+median() { # values... -> the median (the lower one of the middle two); nothing when none
+    nonempty "$@" | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
 }
-max_of() { printf '%s\n' "$@" | grep -v '^$' | sort -g | tail -n 1; }
+max_of() { nonempty "$@" | sort -g | tail -n 1; }
+min_of() { nonempty "$@" | sort -g | head -n 1; }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 t0=$SECONDS
@@ -218,21 +231,29 @@ t0=$SECONDS
 # Both workers run side by side (the one not measured sits idle in poll); the measurements of (a)
 # and (c) alternate, BENCH_REPEAT times each, and the table shows the median: on a shared
 # machine the load changes from one second to the next, and this keeps the ratio (a)/(c) fair.
+# A third host, (a) with publisher confirms off on both sides (peer "an", the A/B row), takes its
+# turn in the same rounds.
 REPEAT=${BENCH_REPEAT:-5}
 LUA_BENCH=(lua5.4 "$ROOT/bench/lua_bench.lua")
 QC=bench_bare_adder
 QA=bench_lua_adder
+QAN=bench_lua_adder_noconfirms
 start_worker bare_worker "$BARE" worker "$URL" $QC "$DEPTH"
 CPID=$WPID
 BENCH_WORKER_NAME=$QA BENCH_DELAY_MS=0 start_worker lua_worker "$HOST" run --url "$URL" \
     --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
 APID=$WPID
+BENCH_CONFIRMS=0 BENCH_WORKER_NAME=$QAN BENCH_DELAY_MS=0 start_worker lua_worker_noconfirms "$HOST" run \
+    --url "$URL" --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
+ANPID=$WPID
 sleep 0.5
 R[c.rss_idle]=$(rss_kib "$CPID")
 R[a.rss_idle]=$(rss_kib "$APID")
 for r in $(seq 1 "$REPEAT"); do
     measure "c.seq@$r" "bare_seq$r" "$BARE" client "$URL" $QC seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
     measure "a.seq@$r" "lua_seq$r" "${LUA_BENCH[@]}" "$URL" $QA seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
+    BENCH_CONFIRMS=0 measure "an.seq@$r" "lua_noconfirms_seq$r" "${LUA_BENCH[@]}" "$URL" $QAN seq "$CALLS" \
+        "$WARMUP" 1 "$MAX_SECONDS"
 done
 peaks_a=(); peaks_c=()
 for r in $(seq 1 "$REPEAT"); do
@@ -244,10 +265,13 @@ for r in $(seq 1 "$REPEAT"); do
     measure "a.pipe@$r" "lua_pipe$r" "${LUA_BENCH[@]}" "$URL" $QA pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     stop_sampler
     peaks_a+=("$PEAK")
+    BENCH_CONFIRMS=0 measure "an.pipe@$r" "lua_noconfirms_pipe$r" "${LUA_BENCH[@]}" "$URL" $QAN pipe \
+        "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
 done
+stop_pid "$ANPID"
 R[c.rss_load]=$(max_of "${peaks_c[@]}")
 R[a.rss_load]=$(max_of "${peaks_a[@]}")
-for p in a c; do
+for p in a an c; do
     for m in seq pipe; do
         for k in calls cps cpu_us p50_ms p99_ms; do
             vals=()
@@ -289,6 +313,22 @@ for conc in 1 "$DEPTH"; do
         "$warm" "$DEPTH" "$MAX_SECONDS"
     stop_worker
 done
+
+# ------------------------------------------------------------------ A/B: the keepalive count hook
+# Two hosts serve bench/spin_worker.lua (a task that sums 1..N): one as shipped (the count hook
+# reads the clock every 10 000 instructions), one with AMQP_DELEGATE_KEEPALIVE=0 (no hook);
+# bench/keepalive_bench.lua calls them in turns, KEEPALIVE_RUNS times each, and prints the median
+# time per loop iteration on each (the task's own CPU time and wall time).
+BENCH_WORKER_NAME=bench_spin_on start_worker spin_on "$HOST" run --url "$URL" --log-level warn \
+    "$ROOT/bench/spin_worker.lua"
+SPIN_ON=$WPID
+AMQP_DELEGATE_KEEPALIVE=0 BENCH_WORKER_NAME=bench_spin_off start_worker spin_off "$HOST" run --url "$URL" \
+    --log-level warn "$ROOT/bench/spin_worker.lua"
+SPIN_OFF=$WPID
+measure ka keepalive lua5.4 "$ROOT/bench/keepalive_bench.lua" "$URL" bench_spin_on bench_spin_off \
+    "$KEEPALIVE_RUNS" "$KEEPALIVE_N"
+stop_pid "$SPIN_ON"
+stop_pid "$SPIN_OFF"
 
 # ------------------------------------------------------------------ (b) Node, as shipped and nodelay
 NODE_BENCH=(node "$ROOT/bench/node_bench.js")
@@ -332,6 +372,13 @@ num() { # value format -> formatted, or n/a
 ratio() { # a b -> a/b with 2 decimals, or n/a
     if [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
         awk -v a="$1" -v b="$2" 'BEGIN {r = a / b; printf (r >= 100 ? "%.0f" : (r >= 10 ? "%.1f" : (r >= 0.1 ? "%.2f" : "%.3f"))), r}'
+    else
+        printf 'n/a'
+    fi
+}
+ratio3() { # a b -> a/b with 3 decimals (for ratios near 1), or n/a
+    if [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
+        awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'
     else
         printf 'n/a'
     fi
@@ -427,6 +474,40 @@ $(num "${R[a.slow_gain]:-}" "%s"), bare C $(num "${R[c.slow_gain]:-}" "%s").
 | slow adder conc $DEPTH >= 30 x conc 1 | $(num "${R[a.slow_gain]:-}" "%s") x | $(check 'a >= 30 * b' "${R[a.slowN_cps]:-}" "${R[a.slow1_cps]:-}") |
 | host RSS idle <= 8 MiB | $(mib "${R[a.rss_idle]:-}") | $(check 'a <= 8192 + 0 * b' "${R[a.rss_idle]:-}" 0) |
 | no RSS growth over $RSS_CALLS calls (<= 256 KiB) | $(num "${R[a.rss_growth]:-}" "%d") KiB | $(check 'a <= 256 + 0 * b' "${R[a.rss_growth]:-}" 0) |
+EOF
+    report_ab
+}
+
+ab_row() { # metric fmt key: (a) confirms on, off, off/on
+    printf '| %s | %s | %s | %s |\n' "$1" "$(num "${R[a.$3]:-}" "$2")" "$(num "${R[an.$3]:-}" "$2")" \
+        "$(ratio "${R[an.$3]:-}" "${R[a.$3]:-}")"
+}
+report_ab() {
+    cat <<EOF
+
+## A/B rows (the single node)
+
+Publisher confirms: (a) as shipped (confirms on, on the worker and the delegator) against (a) with
+\`confirms = false\` on both (\`BENCH_CONFIRMS=0\`), measured in the same alternating rounds as the
+table above (medians of $REPEAT).
+
+| metric | (a) confirms on | (a) confirms off | off/on |
+| --- | --- | --- | --- |
+$(ab_row "sequential calls/s" "%.0f" seq_cps)
+$(ab_row "sequential p50 ms" "%.3f" seq_p50_ms)
+$(ab_row "sequential p99 ms" "%.3f" seq_p99_ms)
+$(ab_row "pipelined calls/s ($DEPTH in flight)" "%.0f" pipe_cps)
+$(ab_row "pipelined: delegator CPU µs per call" "%.1f" pipe_cpu_us)
+
+The keepalive count hook on the fast path: a task summing 1..$KEEPALIVE_N in a plain Lua loop
+(\`bench/spin_worker.lua\`), on a host as shipped (the hook reads the clock every 10 000
+instructions) and on one run with \`AMQP_DELEGATE_KEEPALIVE=0\` (no hook), called in turns,
+median of $KEEPALIVE_RUNS calls each.
+
+| time per loop iteration | hook on | AMQP_DELEGATE_KEEPALIVE=0 | on/off |
+| --- | --- | --- | --- |
+| ns, the task's CPU time (os.clock) | $(num "${R[ka_on_ns]:-}" "%.3f") | $(num "${R[ka_off_ns]:-}" "%.3f") | $(ratio3 "${R[ka_on_ns]:-}" "${R[ka_off_ns]:-}") |
+| ns, wall clock | $(num "${R[ka_on_wall_ns]:-}" "%.3f") | $(num "${R[ka_off_wall_ns]:-}" "%.3f") | $(ratio3 "${R[ka_on_wall_ns]:-}" "${R[ka_off_wall_ns]:-}") |
 EOF
 }
 
