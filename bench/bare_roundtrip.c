@@ -7,6 +7,8 @@
  *       sent DELAY_MS after its request arrived, up to PREFETCH requests waiting at once (the
  *       slow adder, single-threaded, as our loop does it). Prints "ready" once consuming; exits
  *       on SIGINT/SIGTERM, when the broker closes, or after BARE_LIFETIME seconds (900).
+ *       BARE_QUEUE_TYPE=quorum declares QUEUE durable with x-queue-type = quorum (as our
+ *       workers' queue = "quorum" does) instead of the Node protocol's transient classic queue.
  *
  *   bare_roundtrip client URL QUEUE seq|pipe CALLS WARMUP DEPTH [MAX_SECONDS]
  *       one exclusive server-named reply queue consumed with no-ack; correlation ids are a
@@ -151,7 +153,16 @@ static void reply_and_ack(amqp_connection_state_t conn, const struct waiting *w)
 
 static int run_worker(const char *url, const char *queue, int prefetch, int delay_ms) {
   amqp_connection_state_t conn = open_connection(url);
-  amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 0, 0, 0, 0, amqp_empty_table);
+  const char *type = getenv("BARE_QUEUE_TYPE");
+  int quorum = type && strcmp(type, "quorum") == 0;
+  amqp_table_entry_t type_entry = {amqp_cstring_bytes("x-queue-type"),
+                                   {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("quorum")}}};
+  amqp_table_t arguments = amqp_empty_table;
+  if (quorum) {
+    arguments.num_entries = 1;
+    arguments.entries = &type_entry;
+  }
+  amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 0, quorum, 0, 0, arguments);
   check_reply(amqp_get_rpc_reply(conn), "queue.declare");
   amqp_basic_qos(conn, 1, 0, (uint16_t)prefetch, 0);
   check_reply(amqp_get_rpc_reply(conn), "basic.qos");

@@ -10,6 +10,10 @@
 -- calls, seconds, cps, cpu_us (this process's CPU time per measured call, in microseconds),
 -- p50_ms, p99_ms. Needs LUA_CPATH to find amqp_delegate.so and
 -- bench_clock.so (a monotonic clock, bench/bench_clock.c).
+-- URL may be a comma-separated list (a cluster). BENCH_CONFIRMS=0 turns publisher confirms off
+-- (the A/B row). BENCH_SHOW_PEER=1 adds "RESULT peer_port P": the broker port this process's
+-- connection went to (read with ss after the measurement), so that scripts/bench.sh can put the
+-- other peers on the same cluster node.
 local delegate = require "amqp_delegate"
 local clock = require "bench_clock"
 
@@ -22,7 +26,7 @@ if not (url and name and (mode == "seq" or mode == "pipe") and calls) then
 end
 
 delegate.set_log_level("warn")
-local d = delegate.delegator { url = url }:start()
+local d = delegate.delegator { url = url, confirms = os.getenv("BENCH_CONFIRMS") ~= "0" }:start()
 local now = clock.now
 local total = warmup + calls
 local latencies = {}
@@ -103,5 +107,31 @@ if n > 0 then print(string.format("RESULT cpu_us %.2f", 1e6 * cpu / n)) end
 if n > 0 then
   print(string.format("RESULT p50_ms %.3f", 1000 * latencies[math.floor(0.50 * (n - 1)) + 1]))
   print(string.format("RESULT p99_ms %.3f", 1000 * latencies[math.floor(0.99 * (n - 1)) + 1]))
+end
+
+-- the peer port of this process's (one) established TCP connection, from ss
+local function peer_port()
+  local sh = io.popen("echo $PPID") -- sh's parent: this process
+  local pid = sh and sh:read("l")
+  if sh then sh:close() end
+  local ss = pid and io.popen("ss -tnpH state established 2>/dev/null")
+  if not ss then return nil end
+  local port
+  for line in ss:lines() do
+    if not port and line:find("pid=" .. pid .. ",", 1, true) then
+      local addresses = {}
+      for field in line:gmatch("%S+") do
+        local p = field:match(":(%d+)$")
+        if p then addresses[#addresses + 1] = p end
+      end
+      port = addresses[2] -- local address, then peer address
+    end
+  end
+  ss:close()
+  return port
+end
+if os.getenv("BENCH_SHOW_PEER") == "1" then
+  local port = peer_port()
+  if port then print("RESULT peer_port " .. port) end
 end
 d:stop()

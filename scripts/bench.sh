@@ -12,6 +12,24 @@
 # slow adder with DEPTH in flight at worker concurrency 1 and DEPTH; the worker process's RSS
 # idle, under load and after BENCH_RSS_CALLS calls. Prints a table with the ratios (a)/(b) and
 # (a)/(c) and writes it, with the command, date and machine, to bench/RESULTS.md.
+# A/B rows on that node: (a) with publisher confirms off (BENCH_CONFIRMS=0 given to
+# bench/adder_worker.lua and bench/lua_bench.lua: `confirms = false` on both sides) against (a) as
+# shipped; the keepalive count hook's cost: a task summing 1..N (bench/spin_worker.lua) on a host
+# as shipped and on one with AMQP_DELEGATE_KEEPALIVE=0 (bench/keepalive_bench.lua).
+# Then the cluster (issue "Clusters and RabbitMQ 4", point 6): a 3-node cluster (scripts/cluster.sh)
+# in the temp dir; per queue type (classic, quorum), on ONE queue name, one worker at a time:
+#   (a)  ours: lua_bench.lua given the three URLs -> `amqp-delegate run --url URLS`
+#        (AMQP_DELEGATE_QUEUE_TYPE=quorum for the quorum rows)
+#   (c)  bare rabbitmq-c (BARE_QUEUE_TYPE=quorum: durable, x-queue-type quorum)
+#   (d)  a well-written amqplib RPC peer (bench/node_rpc.js: one reply queue, correlation ids in
+#        a Map, TCP_NODELAY, worker prefetch DEPTH)
+# (a) runs first in each round; its processes pick their node themselves (the URL list is
+# shuffled per process), and (c) and (d) then connect their worker and client to the same nodes
+# as (a)'s did in that round (read with ss), so every peer sees the same topology. Then the
+# failover time: a host with the three URLs on a quorum queue, bench/failover_client.lua making
+# sequential calls with {retry = 2, timeout = 30}; kill -9 the node of the host's connection (the
+# delegator elsewhere), time from its death to the first answer after it; restart the node;
+# BENCH_FAILOVER_ROUNDS times; then once the delegator's node while it leads the queue.
 #
 # Knobs (environment):
 #   BENCH_CALLS=2000            sequential calls measured (ours, bare C)
@@ -28,8 +46,20 @@
 #   BENCH_MAX_SECONDS=15        cap on one measurement: no new call after that (Node mostly)
 #   BENCH_REPEAT=5              (a) and (c) sequential and pipelined runs alternate this many
 #                               times; the table shows the medians
-#   BENCH_AMQP_URL=amqp://...   use that broker instead of starting one
+#   BENCH_KEEPALIVE_RUNS=5      keepalive A/B: calls of the spin task on each host (median)
+#   BENCH_KEEPALIVE_N=50000000  keepalive A/B: loop iterations per call
+#   BENCH_CLUSTER=1             0: no cluster section
+#   BENCH_CLUSTER_CALLS=500     cluster: sequential calls per measurement
+#   BENCH_CLUSTER_PIPE_CALLS=5000  cluster: pipelined calls per measurement (DEPTH in flight)
+#   BENCH_CLUSTER_WARMUP=100    cluster: warm-up calls before every measurement
+#   BENCH_CLUSTER_REPEAT=3      cluster: rounds per queue type (the table shows the medians)
+#   BENCH_CLUSTER_MAX_SECONDS=5 cluster: cap on one measurement
+#   BENCH_FAILOVER_ROUNDS=5     kills of the worker's node for the failover time (0: no failover
+#                               part; else one more round kills the delegator's node)
+#   BENCH_FAILOVER_WAIT=20      seconds to wait for an answer before the killed node is restarted
+#   BENCH_AMQP_URL=amqp://...   use that broker instead of starting one (single-node part)
 #   BENCH_SKIP_BUILD=1          do not run cmake (the build dir must hold the binaries)
+#   BENCH_TMPDIR=/tmp           where the temp dir (logs, brokers, cluster) is made
 #   BUILD_DIR=build  BUILD_TYPE=RelWithDebInfo  BENCH_RESULTS=bench/RESULTS.md
 set -euo pipefail
 
@@ -50,6 +80,16 @@ SLOW1_CALLS=${BENCH_SLOW1_CALLS:-200}
 SLOW_MS=${BENCH_SLOW_MS:-10}
 RSS_CALLS=${BENCH_RSS_CALLS:-100000}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-15}
+KEEPALIVE_RUNS=${BENCH_KEEPALIVE_RUNS:-5}
+KEEPALIVE_N=${BENCH_KEEPALIVE_N:-50000000}
+CLUSTER=${BENCH_CLUSTER:-1}
+CL_CALLS=${BENCH_CLUSTER_CALLS:-500}
+CL_PIPE_CALLS=${BENCH_CLUSTER_PIPE_CALLS:-5000}
+CL_WARMUP=${BENCH_CLUSTER_WARMUP:-100}
+CL_REPEAT=${BENCH_CLUSTER_REPEAT:-3}
+CL_MAX_SECONDS=${BENCH_CLUSTER_MAX_SECONDS:-5}
+FAILOVER_ROUNDS=${BENCH_FAILOVER_ROUNDS:-5}
+FAILOVER_WAIT=${BENCH_FAILOVER_WAIT:-20}
 BUILD=${BUILD_DIR:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo}
@@ -61,7 +101,10 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 # ------------------------------------------------------------------ cleanup
 PIDS=()          # every background process we started (and only those)
 BROKER_DIR=""
-WORK=$(mktemp -d /tmp/amqp-delegate-bench.XXXXXX)
+CL_DIR=""       # set once scripts/cluster.sh start was called: cleanup stops it
+TMP_PARENT=${BENCH_TMPDIR:-/tmp}
+mkdir -p "$TMP_PARENT"
+WORK=$(mktemp -d "$TMP_PARENT/amqp-delegate-bench.XXXXXX")
 chmod 755 "$WORK"
 
 stop_pid() { # pid: TERM, wait up to 5 s, then KILL
@@ -83,6 +126,10 @@ cleanup() {
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     if [ -n "$BROKER_DIR" ]; then
         bash "$ROOT/scripts/rabbitmq.sh" stop "$BROKER_DIR" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$CL_DIR" ]; then
+        log "stopping the cluster"
+        bash "$ROOT/scripts/cluster.sh" stop "$CL_DIR" >/dev/null 2>&1 || true
     fi
     if [ $status -eq 0 ]; then rm -rf "$WORK"; else log "logs kept in $WORK"; fi
     exit $status
@@ -196,7 +243,7 @@ measure() { # peer.prefix label cmd...: runs a client, stores its RESULT lines a
     fi
     local k v
     while read -r _ k v; do R[$key"_"$k]=$v; done < <(grep '^RESULT ' "$out")
-    log "$label: $(grep '^RESULT cps' "$out" | awk '{print $3}') calls/s"
+    if grep -q '^RESULT cps' "$out"; then log "$label: $(grep '^RESULT cps' "$out" | awk '{print $3}') calls/s"; fi
 }
 
 cpu_ticks() { # pid -> utime + stime of the process, in clock ticks
@@ -206,10 +253,12 @@ TICK=$(getconf CLK_TCK)
 cpu_us_per_call() { # ticks_before ticks_after calls -> microseconds of CPU per call
     awk -v a="$1" -v b="$2" -v n="$3" -v t="$TICK" 'BEGIN {if (n > 0) printf "%.2f", (b - a) / t * 1e6 / n}'
 }
-median() { # values... -> the median (the lower one of the middle two)
-    printf '%s\n' "$@" | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
+nonempty() { printf '%s\n' "$@" | { grep -v '^$' || true; }; }   # (no value: no line, status 0)
+median() { # values... -> the median (the lower one of the middle two); nothing when none
+    nonempty "$@" | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
 }
-max_of() { printf '%s\n' "$@" | grep -v '^$' | sort -g | tail -n 1; }
+max_of() { nonempty "$@" | sort -g | tail -n 1; }
+min_of() { nonempty "$@" | sort -g | head -n 1; }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 t0=$SECONDS
@@ -218,21 +267,29 @@ t0=$SECONDS
 # Both workers run side by side (the one not measured sits idle in poll); the measurements of (a)
 # and (c) alternate, BENCH_REPEAT times each, and the table shows the median: on a shared
 # machine the load changes from one second to the next, and this keeps the ratio (a)/(c) fair.
+# A third host, (a) with publisher confirms off on both sides (peer "an", the A/B row), takes its
+# turn in the same rounds.
 REPEAT=${BENCH_REPEAT:-5}
 LUA_BENCH=(lua5.4 "$ROOT/bench/lua_bench.lua")
 QC=bench_bare_adder
 QA=bench_lua_adder
+QAN=bench_lua_adder_noconfirms
 start_worker bare_worker "$BARE" worker "$URL" $QC "$DEPTH"
 CPID=$WPID
 BENCH_WORKER_NAME=$QA BENCH_DELAY_MS=0 start_worker lua_worker "$HOST" run --url "$URL" \
     --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
 APID=$WPID
+BENCH_CONFIRMS=0 BENCH_WORKER_NAME=$QAN BENCH_DELAY_MS=0 start_worker lua_worker_noconfirms "$HOST" run \
+    --url "$URL" --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
+ANPID=$WPID
 sleep 0.5
 R[c.rss_idle]=$(rss_kib "$CPID")
 R[a.rss_idle]=$(rss_kib "$APID")
 for r in $(seq 1 "$REPEAT"); do
     measure "c.seq@$r" "bare_seq$r" "$BARE" client "$URL" $QC seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
     measure "a.seq@$r" "lua_seq$r" "${LUA_BENCH[@]}" "$URL" $QA seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
+    BENCH_CONFIRMS=0 measure "an.seq@$r" "lua_noconfirms_seq$r" "${LUA_BENCH[@]}" "$URL" $QAN seq "$CALLS" \
+        "$WARMUP" 1 "$MAX_SECONDS"
 done
 peaks_a=(); peaks_c=()
 for r in $(seq 1 "$REPEAT"); do
@@ -244,10 +301,13 @@ for r in $(seq 1 "$REPEAT"); do
     measure "a.pipe@$r" "lua_pipe$r" "${LUA_BENCH[@]}" "$URL" $QA pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     stop_sampler
     peaks_a+=("$PEAK")
+    BENCH_CONFIRMS=0 measure "an.pipe@$r" "lua_noconfirms_pipe$r" "${LUA_BENCH[@]}" "$URL" $QAN pipe \
+        "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
 done
+stop_pid "$ANPID"
 R[c.rss_load]=$(max_of "${peaks_c[@]}")
 R[a.rss_load]=$(max_of "${peaks_a[@]}")
-for p in a c; do
+for p in a an c; do
     for m in seq pipe; do
         for k in calls cps cpu_us p50_ms p99_ms; do
             vals=()
@@ -290,6 +350,22 @@ for conc in 1 "$DEPTH"; do
     stop_worker
 done
 
+# ------------------------------------------------------------------ A/B: the keepalive count hook
+# Two hosts serve bench/spin_worker.lua (a task that sums 1..N): one as shipped (the count hook
+# reads the clock every 10 000 instructions), one with AMQP_DELEGATE_KEEPALIVE=0 (no hook);
+# bench/keepalive_bench.lua calls them in turns, KEEPALIVE_RUNS times each, and prints the median
+# time per loop iteration on each (the task's own CPU time and wall time).
+BENCH_WORKER_NAME=bench_spin_on start_worker spin_on "$HOST" run --url "$URL" --log-level warn \
+    "$ROOT/bench/spin_worker.lua"
+SPIN_ON=$WPID
+AMQP_DELEGATE_KEEPALIVE=0 BENCH_WORKER_NAME=bench_spin_off start_worker spin_off "$HOST" run --url "$URL" \
+    --log-level warn "$ROOT/bench/spin_worker.lua"
+SPIN_OFF=$WPID
+measure ka keepalive lua5.4 "$ROOT/bench/keepalive_bench.lua" "$URL" bench_spin_on bench_spin_off \
+    "$KEEPALIVE_RUNS" "$KEEPALIVE_N"
+stop_pid "$SPIN_ON"
+stop_pid "$SPIN_OFF"
+
 # ------------------------------------------------------------------ (b) Node, as shipped and nodelay
 NODE_BENCH=(node "$ROOT/bench/node_bench.js")
 for variant in b bn; do
@@ -318,6 +394,241 @@ for variant in b bn; do
         "$warm" "$DEPTH" --max-seconds "$MAX_SECONDS" "${flag[@]}"
     stop_worker
 done
+# ------------------------------------------------------------------ the cluster
+# The single node is not needed any more: stopped, so that it takes no CPU from the cluster.
+if [ "$CLUSTER" != 0 ] && [ -n "$BROKER_DIR" ]; then
+    bash "$ROOT/scripts/rabbitmq.sh" stop "$BROKER_DIR" >/dev/null 2>&1 || true
+    BROKER_DIR=""
+fi
+
+port_of_pid() { # pid -> the peer port of its first established TCP connection (ss), or nothing
+    ss -tnpH state established 2>/dev/null | awk -v tag="pid=$1," 'index($0, tag) {
+        n = 0
+        for (i = 1; i <= NF; i++) if ($i ~ /:[0-9]+$/ && ++n == 2) { sub(/.*:/, "", $i); print $i; exit }
+    }'
+}
+k_of_port() { # port -> K of the cluster node listening there, or nothing
+    local k v
+    for k in 1 2 3; do
+        v=CLUSTER_PORT_$k
+        [ "${!v}" = "${1:-none}" ] && { echo "$k"; return 0; }
+    done
+    return 0
+}
+url_of() { local v=CLUSTER_URL_$1; echo "${!v}"; }
+node_of_pid() { # pid -> K of the node its connection goes to (waits up to 5 s), or nothing
+    local i k
+    for i in $(seq 1 50); do
+        k=$(k_of_port "$(port_of_pid "$1")")
+        [ -n "$k" ] && { echo "$k"; return 0; }
+        sleep 0.1
+    done
+    return 0
+}
+queue_home() { # queue -> K of the node holding it (a quorum queue's leader, a classic queue's node)
+    local k v out node
+    for k in 1 2 3; do
+        v=CLUSTER_DIR_$k
+        out=$(timeout 60 bash "$ROOT/scripts/rabbitmq.sh" ctl "${!v}" -q list_queues --no-table-headers \
+            name type leader pid 2>/dev/null) || continue
+        node=$(awk -F'\t' -v q="$1" '$1 == q {
+            if ($2 == "quorum") print $3
+            else { p = $4; sub(/^</, "", p); sub(/(\.[0-9]+)+>$/, "", p); print p }
+            exit }' <<<"$out")
+        for k in 1 2 3; do
+            v=CLUSTER_NODE_$k
+            [ -n "$node" ] && [ "${!v}" = "$node" ] && { echo "$k"; return 0; }
+        done
+        return 0
+    done
+    return 0
+}
+
+CL_TOPOLOGY=()    # one line per round: where each process was
+FAILOVER=()       # one line per kill
+if [ "$CLUSTER" != 0 ]; then
+    CL_DIR=$WORK/cluster
+    log "starting a 3-node cluster in $CL_DIR"
+    cl_t0=$SECONDS
+    bash "$ROOT/scripts/cluster.sh" start "$CL_DIR" > "$WORK/cluster.start.out" 2> "$WORK/cluster.start.err" \
+        || { tail -n 20 "$WORK/cluster.start.err" >&2; die "the cluster did not start"; }
+    R[cl.start_s]=$((SECONDS - cl_t0))
+    # shellcheck disable=SC1091
+    . "$CL_DIR/env"
+    log "cluster up in ${R[cl.start_s]} s: $CLUSTER_URLS"
+    NODE_RPC=(node "$ROOT/bench/node_rpc.js")
+    for T in classic quorum; do
+        Q=bench_cluster_$T
+        for r in $(seq 1 "$CL_REPEAT"); do
+            # (a) ours: the host and the delegators get the three URLs and choose their node
+            if [ $T = quorum ]; then qenv=(env AMQP_DELEGATE_QUEUE_TYPE=quorum); else qenv=(env -u AMQP_DELEGATE_QUEUE_TYPE); fi
+            BENCH_WORKER_NAME=$Q BENCH_DELAY_MS=0 start_worker "cl_${T}_lua_worker$r" "${qenv[@]}" "$HOST" run \
+                --url "$CLUSTER_URLS" --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
+            kw=$(node_of_pid "$WPID")
+            BENCH_SHOW_PEER=1 measure "cl.$T.a.seq@$r" "cl_${T}_lua_seq$r" "${LUA_BENCH[@]}" "$CLUSTER_URLS" "$Q" seq \
+                "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
+            BENCH_SHOW_PEER=1 measure "cl.$T.a.pipe@$r" "cl_${T}_lua_pipe$r" "${LUA_BENCH[@]}" "$CLUSTER_URLS" "$Q" pipe \
+                "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
+            stop_worker
+            ks=$(k_of_port "${R[cl.$T.a.seq@${r}_peer_port]:-}")
+            kp=$(k_of_port "${R[cl.$T.a.pipe@${r}_peer_port]:-}")
+            [ -n "$kw" ] || { log "cannot tell the node of ours' worker: node 1 for the others"; kw=1; }
+            [ -n "$ks" ] || { log "cannot tell the node of ours' sequential delegator: node 1 for the others"; ks=1; }
+            [ -n "$kp" ] || { log "cannot tell the node of ours' pipelined delegator: node 1 for the others"; kp=1; }
+            [ "$r" = 1 ] && R[cl.$T.home]=$(queue_home "$Q")
+            CL_TOPOLOGY+=("$T round $r: queue on node ${R[cl.$T.home]:-?}, worker on node $kw, sequential client on node $ks, pipelined client on node $kp")
+            # (c) bare rabbitmq-c, on the same nodes
+            if [ $T = quorum ]; then qenv=(env BARE_QUEUE_TYPE=quorum); else qenv=(env -u BARE_QUEUE_TYPE); fi
+            start_worker "cl_${T}_bare_worker$r" "${qenv[@]}" "$BARE" worker "$(url_of "$kw")" "$Q" "$DEPTH"
+            measure "cl.$T.c.seq@$r" "cl_${T}_bare_seq$r" "$BARE" client "$(url_of "$ks")" "$Q" seq \
+                "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
+            measure "cl.$T.c.pipe@$r" "cl_${T}_bare_pipe$r" "$BARE" client "$(url_of "$kp")" "$Q" pipe \
+                "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
+            stop_worker
+            # (d) amqplib, on the same nodes
+            qflag=(); [ $T = quorum ] && qflag=(--quorum)
+            start_worker "cl_${T}_amqplib_worker$r" "${NODE_RPC[@]}" worker "$(url_of "$kw")" "$Q" \
+                --prefetch "$DEPTH" "${qflag[@]}"
+            measure "cl.$T.d.seq@$r" "cl_${T}_amqplib_seq$r" "${NODE_RPC[@]}" client "$(url_of "$ks")" "$Q" seq \
+                "$CL_CALLS" "$CL_WARMUP" 1 --max-seconds "$CL_MAX_SECONDS"
+            measure "cl.$T.d.pipe@$r" "cl_${T}_amqplib_pipe$r" "${NODE_RPC[@]}" client "$(url_of "$kp")" "$Q" pipe \
+                "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" --max-seconds "$CL_MAX_SECONDS"
+            stop_worker
+        done
+        for p in a c d; do
+            for m in seq pipe; do
+                for k in cps p50_ms p99_ms; do
+                    vals=()
+                    for r in $(seq 1 "$CL_REPEAT"); do vals+=("${R[cl.$T.$p.$m@${r}_$k]:-}"); done
+                    R[cl.$T.$p.${m}_$k]=$(median "${vals[@]}")
+                done
+            done
+        done
+    done
+
+    # The failover time: kill -9 a node, and time from the VM's death (polled every 10 ms) to the
+    # first answer the delegator got after it. Rounds 1..FAILOVER_ROUNDS kill the node of the worker
+    # host's connection, with the delegator on another node (it is started again until it is);
+    # then one more round kills the delegator's node while it holds the quorum queue's leader.
+    # Should no answer come within FAILOVER_WAIT s, the node is restarted and the wait goes on
+    # (the row says so); otherwise the node is restarted after the answer.
+    if [ "$FAILOVER_ROUNDS" -gt 0 ]; then
+        QF=bench_failover
+        FO_OUT=$WORK/failover.answers
+        FO_STOP=$WORK/failover.stop
+        FO_CLIENTS=0
+        rm -f "$FO_STOP" "$FO_OUT"
+        BENCH_WORKER_NAME=$QF BENCH_DELAY_MS=0 start_worker failover_worker env AMQP_DELEGATE_QUEUE_TYPE=quorum \
+            "$HOST" run --url "$CLUSTER_URLS" --log-level info "$ROOT/bench/adder_worker.lua"
+        FO_WORKER=$WPID
+        start_fo_client() { # a new delegator process (new shuffle of the URLs); sets FO_CLIENT
+            FO_CLIENTS=$((FO_CLIENTS + 1))
+            BENCH_LOG_LEVEL=info start_worker "failover_client$FO_CLIENTS" lua5.4 "$ROOT/bench/failover_client.lua" \
+                "$CLUSTER_URLS" "$QF" "$FO_OUT" "$FO_STOP" 2 30
+            FO_CLIENT=$WPID
+        }
+        stop_fo_client() { touch "$FO_STOP"; wait "$FO_CLIENT" 2>/dev/null || true; rm -f "$FO_STOP"; }
+        place_fo_client() { # want: "not K" or "on K" -> restarts the delegator until it is placed so
+            local want=$1 k=$2 i kd
+            for i in $(seq 1 12); do
+                kd=$(node_of_pid "$FO_CLIENT")
+                case $want in
+                not) [ -n "$kd" ] && [ "$kd" != "$k" ] && return 0 ;;
+                on) [ "$kd" = "$k" ] && return 0 ;;
+                esac
+                stop_fo_client
+                start_fo_client
+            done
+            log "failover: could not place the delegator $want node $k"
+        }
+        first_answer_after() { # wall time t -> the first answer after t, or nothing
+            awk -v t="$1" '$3 == "ok" && $2 > t {print $2; exit}' "$FO_OUT"
+        }
+        wait_answer_after() { # t seconds -> waits up to that long for an answer after t; prints it
+            local t=$1 deadline=$((SECONDS + $2)) a
+            while :; do
+                a=$(first_answer_after "$t")
+                [ -n "$a" ] && { echo "$a"; return 0; }
+                [ $SECONDS -lt $deadline ] || return 0
+                sleep 0.1
+            done
+        }
+        failover_round() { # label K -> kills node K, appends a row to FAILOVER, sets R[fo.label]
+            local f=$1 kk=$2 kw kd kl v vm before_kill killer dead first st i errors secs note=""
+            kw=$(node_of_pid "$FO_WORKER")
+            kd=$(node_of_pid "$FO_CLIENT")
+            kl=$(bash "$ROOT/scripts/cluster.sh" leader "$CL_DIR" "$QF" 2>/dev/null || true)
+            v=CLUSTER_DIR_$kk
+            vm=$(tr -dc '0-9' < "${!v}/rabbitmq.pid" 2>/dev/null || true)
+            before_kill=$EPOCHREALTIME
+            bash "$ROOT/scripts/cluster.sh" kill "$CL_DIR" "$kk" 2>> "$WORK/failover.cluster.log" &
+            killer=$!
+            PIDS+=("$killer")
+            dead=""
+            if [ -n "$vm" ]; then # the moment the VM is gone or a zombie
+                for i in $(seq 1 2000); do
+                    st=""
+                    { read -r st < "/proc/$vm/stat"; } 2>/dev/null || true
+                    st=${st##*) }
+                    if [ -z "$st" ] || [ "${st:0:1}" = Z ]; then dead=$EPOCHREALTIME; break; fi
+                    sleep 0.01
+                done
+            fi
+            wait "$killer" || log "failover $f: cluster.sh kill failed"
+            [ -n "$dead" ] || { dead=$before_kill; note=" (time from the kill command)"; }
+            first=$(wait_answer_after "$dead" "$FAILOVER_WAIT")
+            if [ -z "$first" ]; then
+                log "failover $f: no answer $FAILOVER_WAIT s after node $kk died: restarting it"
+                bash "$ROOT/scripts/cluster.sh" restart "$CL_DIR" "$kk" >/dev/null 2>> "$WORK/failover.cluster.log" \
+                    || die "node $kk did not come back"
+                first=$(wait_answer_after "$dead" 60)
+                note="$note (no answer before the node was restarted)"
+            else
+                bash "$ROOT/scripts/cluster.sh" restart "$CL_DIR" "$kk" >/dev/null 2>> "$WORK/failover.cluster.log" \
+                    || die "node $kk did not come back"
+            fi
+            errors=$(awk -v t="$before_kill" -v e="${first:-9e99}" '$3 != "ok" && $2 > t && $2 <= e {n++} END {print n + 0}' "$FO_OUT")
+            secs=$( [ -n "$first" ] && awk -v a="$first" -v b="$dead" 'BEGIN {printf "%.3f", a - b}' || true)
+            FAILOVER+=("$f|$kk|${kw:-?}|${kd:-?}|${kl:-?}|${secs:-none}$note|$errors")
+            R[fo.$f]=$secs
+            log "failover $f: node $kk killed (worker on ${kw:-?}, delegator on ${kd:-?}, leader ${kl:-?}): first answer after ${secs:-none} s$note"
+        }
+        start_fo_client
+        for f in $(seq 1 "$FAILOVER_ROUNDS"); do
+            sleep 2   # answers flowing on every node again
+            kk=$(node_of_pid "$FO_WORKER")
+            [ -n "$kk" ] || { log "failover $f: cannot tell the worker's node"; break; }
+            place_fo_client not "$kk"
+            sleep 1
+            failover_round "$f" "$kk"
+        done
+        # the delegator's node, while it leads the queue
+        sleep 2
+        kl=$(bash "$ROOT/scripts/cluster.sh" leader "$CL_DIR" "$QF" 2>/dev/null || true)
+        if [ -n "$kl" ]; then
+            place_fo_client on "$kl"
+            sleep 1
+            failover_round D "$kl"
+        fi
+        stop_fo_client
+        for i in $(seq 1 "$FO_CLIENTS"); do
+            grep '^RESULT ' "$WORK/failover_client$i.out" 2>/dev/null || true
+        done | awk '{s[$2] += $3} END {for (k in s) print k, s[k]}' > "$WORK/failover.stats"
+        while read -r k v; do R[fo.$k]=$v; done < "$WORK/failover.stats"
+        R[fo.errors]=$(awk '$3 != "ok" {n++} END {print n + 0}' "$FO_OUT")
+        R[fo.clients]=$FO_CLIENTS
+        stop_pid "$FO_WORKER"
+        vals=(); for f in $(seq 1 "$FAILOVER_ROUNDS"); do vals+=("${R[fo.$f]:-}"); done
+        R[fo.median]=$(median "${vals[@]}")
+        R[fo.min]=$(min_of "${vals[@]}")
+        R[fo.max]=$(max_of "${vals[@]}")
+        R[fo.count]=$(nonempty "${vals[@]}" | wc -l)
+    fi
+    log "stopping the cluster"
+    bash "$ROOT/scripts/cluster.sh" stop "$CL_DIR" >/dev/null 2>&1 || log "cluster.sh stop failed"
+    CL_DIR=""
+fi
+
 elapsed=$((SECONDS - t0))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -332,6 +643,13 @@ num() { # value format -> formatted, or n/a
 ratio() { # a b -> a/b with 2 decimals, or n/a
     if [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
         awk -v a="$1" -v b="$2" 'BEGIN {r = a / b; printf (r >= 100 ? "%.0f" : (r >= 10 ? "%.1f" : (r >= 0.1 ? "%.2f" : "%.3f"))), r}'
+    else
+        printf 'n/a'
+    fi
+}
+ratio3() { # a b -> a/b with 3 decimals (for ratios near 1), or n/a
+    if [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
+        awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'
     else
         printf 'n/a'
     fi
@@ -427,6 +745,121 @@ $(num "${R[a.slow_gain]:-}" "%s"), bare C $(num "${R[c.slow_gain]:-}" "%s").
 | slow adder conc $DEPTH >= 30 x conc 1 | $(num "${R[a.slow_gain]:-}" "%s") x | $(check 'a >= 30 * b' "${R[a.slowN_cps]:-}" "${R[a.slow1_cps]:-}") |
 | host RSS idle <= 8 MiB | $(mib "${R[a.rss_idle]:-}") | $(check 'a <= 8192 + 0 * b' "${R[a.rss_idle]:-}" 0) |
 | no RSS growth over $RSS_CALLS calls (<= 256 KiB) | $(num "${R[a.rss_growth]:-}" "%d") KiB | $(check 'a <= 256 + 0 * b' "${R[a.rss_growth]:-}" 0) |
+EOF
+    report_ab
+    report_cluster
+}
+
+ab_row() { # metric fmt key: (a) confirms on, off, off/on
+    printf '| %s | %s | %s | %s |\n' "$1" "$(num "${R[a.$3]:-}" "$2")" "$(num "${R[an.$3]:-}" "$2")" \
+        "$(ratio "${R[an.$3]:-}" "${R[a.$3]:-}")"
+}
+report_ab() {
+    cat <<EOF
+
+## A/B rows (the single node)
+
+Publisher confirms: (a) as shipped (confirms on, on the worker and the delegator) against (a) with
+\`confirms = false\` on both (\`BENCH_CONFIRMS=0\`), measured in the same alternating rounds as the
+table above (medians of $REPEAT).
+
+| metric | (a) confirms on | (a) confirms off | off/on |
+| --- | --- | --- | --- |
+$(ab_row "sequential calls/s" "%.0f" seq_cps)
+$(ab_row "sequential p50 ms" "%.3f" seq_p50_ms)
+$(ab_row "sequential p99 ms" "%.3f" seq_p99_ms)
+$(ab_row "pipelined calls/s ($DEPTH in flight)" "%.0f" pipe_cps)
+$(ab_row "pipelined: delegator CPU µs per call" "%.1f" pipe_cpu_us)
+
+The keepalive count hook on the fast path: a task summing 1..$KEEPALIVE_N in a plain Lua loop
+(\`bench/spin_worker.lua\`), on a host as shipped (the hook reads the clock every 10 000
+instructions) and on one run with \`AMQP_DELEGATE_KEEPALIVE=0\` (no hook), called in turns,
+median of $KEEPALIVE_RUNS calls each.
+
+| time per loop iteration | hook on | AMQP_DELEGATE_KEEPALIVE=0 | on/off |
+| --- | --- | --- | --- |
+| ns, the task's CPU time (os.clock) | $(num "${R[ka_on_ns]:-}" "%.3f") | $(num "${R[ka_off_ns]:-}" "%.3f") | $(ratio3 "${R[ka_on_ns]:-}" "${R[ka_off_ns]:-}") |
+| ns, wall clock | $(num "${R[ka_on_wall_ns]:-}" "%.3f") | $(num "${R[ka_off_wall_ns]:-}" "%.3f") | $(ratio3 "${R[ka_on_wall_ns]:-}" "${R[ka_off_wall_ns]:-}") |
+
+While any count hook is set, Lua 5.4 sends every instruction through its hook check
+(\`luaG_traceexec\`, which counts down to the next call), whatever the count: the cost is paid on
+every instruction, not at the clock reads. (The same loop in plain \`lua5.4\` with
+\`debug.sethook(f, "", 10000)\` runs about 2x slower here too.)
+EOF
+}
+
+cl_row() { # T metric fmt key
+    local T=$1 metric=$2 fmt=$3 key=$4
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$T" "$metric" \
+        "$(num "${R[cl.$T.a.$key]:-}" "$fmt")" "$(num "${R[cl.$T.c.$key]:-}" "$fmt")" \
+        "$(num "${R[cl.$T.d.$key]:-}" "$fmt")" \
+        "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.c.$key]:-}")" "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.d.$key]:-}")"
+}
+qc_row() { # metric key: quorum / classic per peer
+    printf '| %s | %s | %s | %s |\n' "$1" \
+        "$(ratio "${R[cl.quorum.a.$2]:-}" "${R[cl.classic.a.$2]:-}")" \
+        "$(ratio "${R[cl.quorum.c.$2]:-}" "${R[cl.classic.c.$2]:-}")" \
+        "$(ratio "${R[cl.quorum.d.$2]:-}" "${R[cl.classic.d.$2]:-}")"
+}
+report_cluster() {
+    if [ "$CLUSTER" = 0 ]; then
+        printf '\n## Cluster\n\nSkipped (BENCH_CLUSTER=0).\n'
+        return 0
+    fi
+    local line
+    cat <<EOF
+
+## Cluster (3 RabbitMQ nodes on loopback, scripts/cluster.sh)
+
+Started in ${R[cl.start_s]:-?} s. One queue name per queue type (\`bench_cluster_classic\`: the Node
+protocol's transient classic queue; \`bench_cluster_quorum\`: quorum), one worker on it at a time.
+**(a)** ours: \`lua_bench.lua\` given the three URLs → \`amqp-delegate run --url URLS\` (concurrency
+$DEPTH; \`AMQP_DELEGATE_QUEUE_TYPE=quorum\` for quorum), publisher confirms on (as shipped);
+**(c)** bare rabbitmq-c (\`bare_roundtrip\`, \`BARE_QUEUE_TYPE=quorum\` for quorum), no confirms;
+**(d)** amqplib written well (\`bench/node_rpc.js\`: one exclusive server-named reply queue,
+correlation ids in a Map, \`noDelay: true\`, worker prefetch $DEPTH), no confirms.
+Each round runs (a) first; its processes choose their node (the URL list is shuffled per process),
+and (c) and (d) then put their worker and their client on the same nodes (found with ss).
+Medians of $CL_REPEAT rounds; per measurement $CL_CALLS sequential or $CL_PIPE_CALLS pipelined calls
+($DEPTH in flight) after $CL_WARMUP warm-up calls, at most $CL_MAX_SECONDS s.
+
+| queue | metric | (a) ours | (c) bare C | (d) amqplib | (a)/(c) | (a)/(d) |
+| --- | --- | --- | --- | --- | --- | --- |
+$(for T in classic quorum; do
+    cl_row $T "sequential calls/s" "%.0f" seq_cps
+    cl_row $T "sequential p50 ms" "%.3f" seq_p50_ms
+    cl_row $T "sequential p99 ms" "%.3f" seq_p99_ms
+    cl_row $T "pipelined calls/s ($DEPTH in flight)" "%.0f" pipe_cps
+done)
+
+| quorum / classic | (a) ours | (c) bare C | (d) amqplib |
+| --- | --- | --- | --- |
+$(qc_row "sequential calls/s" seq_cps)
+$(qc_row "sequential p50 ms" seq_p50_ms)
+$(qc_row "pipelined calls/s" pipe_cps)
+
+Where the processes were (K: node K of the cluster):
+$(for line in "${CL_TOPOLOGY[@]}"; do printf -- '- %s\n' "$line"; done)
+EOF
+    [ "$FAILOVER_ROUNDS" -gt 0 ] || return 0
+    cat <<EOF
+
+### Failover: node killed → first answer through another node
+
+A host (\`amqp-delegate run --url URLS\`, quorum queue \`bench_failover\`, concurrency 1) and a
+delegator (\`bench/failover_client.lua\`: sequential calls with \`{retry = 2, timeout = 30}\`, each
+answer timestamped) run on. Rounds 1..$FAILOVER_ROUNDS kill (\`cluster.sh kill\`: SIGKILL) the node
+holding the host's connection, the delegator being on another node (a new delegator process is
+started until it is); round D kills the delegator's node while it leads the quorum queue. The time
+runs from the VM's death (polled every 10 ms) to the first answer the delegator got after it; the
+node is restarted after that answer, or after $FAILOVER_WAIT s without one.
+
+| round | node killed | worker's node | delegator's node | quorum leader | death → first answer (s) | failed calls meanwhile |
+| --- | --- | --- | --- | --- | --- | --- |
+$(for line in "${FAILOVER[@]}"; do IFS='|' read -r f kk kw kd kl secs errors <<<"$line"; printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$f" "$kk" "$kw" "$kd" "$kl" "$secs" "$errors"; done)
+
+Rounds 1..$FAILOVER_ROUNDS (the worker's node): median **$(num "${R[fo.median]:-}" "%.3f") s** (min $(num "${R[fo.min]:-}" "%.3f"), max $(num "${R[fo.max]:-}" "%.3f")) over ${R[fo.count]:-0} kills.
+Calls made: ${R[fo.calls]:-?} (by ${R[fo.clients]:-?} delegator processes); failed: ${R[fo.errors]:-?}; re-sent (\`retry\`): ${R[fo.retried]:-?}; second replies dropped: ${R[fo.unknown_replies]:-?}.
 EOF
 }
 
