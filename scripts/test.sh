@@ -17,6 +17,9 @@
 # 7. runs the specs again with busted's lua5.4 and every host under valgrind memcheck
 #    (scripts/instrumented-specs.sh valgrind; reports in build/valgrind-logs)
 #    Stages 6 and 7 get no CLUSTER_* (the cluster is stopped by then): cluster specs are pending.
+#    They leave out the installation and document specs (luarocks, packaging, readme), and
+#    stage 7 the command-line parsing ones (cli, exit_status, shell) too: see not_instrumented.
+#    SPECS="spec/a_spec.lua ..." chooses the files of both stages instead.
 # 8. builds the libFuzzer targets in build-fuzz/ with clang and runs each for FUZZ_SECONDS
 # Stages 6-8 run even when an earlier spec stage failed. Exits non-zero when busted failed or
 # ran no test, or any later stage failed (a failed spec, a sanitizer or valgrind report, a
@@ -229,11 +232,27 @@ later=()   # one "stage: result" line each
 overall=$status
 stage_failed() { later+=("$1: FAILED${2:+ ($2)}"); overall=1; }
 
+# The instrumented stages rerun the specs that drive the C code, not those that check the
+# installation and the documents (the same binaries, built and installed: stage 5 runs them),
+# and valgrind (8-10x slower than ASan) leaves the command-line parsing specs to ASan+UBSan too:
+# that keeps the whole run near 18 minutes here.
+not_instrumented="luarocks_spec packaging_spec readme_spec"
+not_under_valgrind="cli_spec exit_status_spec shell_spec"
+specs_but() { # NAMES... -> the spec files without those (spec/NAME.lua)
+    local file name keep list=()
+    for file in "$ROOT"/spec/*_spec.lua; do
+        keep=1
+        for name in "$@"; do [ "$(basename "$file" .lua)" = "$name" ] && keep=0; done
+        [ "$keep" = 1 ] && list+=("spec/$(basename "$file")")
+    done
+    echo "${list[*]}"
+}
+
 instrumented() { # MODE BUILD_DIR LOG_DIR [BUSTED ARGS...]: the specs under ASan or valgrind
     local mode=$1 logs=$3 rc
     kill_spawned   # nothing left over from the previous run of the specs
     set +e
-    setsid bash "$ROOT/scripts/instrumented-specs.sh" "$@" </dev/null &
+    SPECS="${SPECS:-}" setsid bash "$ROOT/scripts/instrumented-specs.sh" "$@" </dev/null &
     busted_pid=$!
     wait "$busted_pid"
     rc=$?
@@ -247,7 +266,8 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     if cmake -S "$ROOT" -B "$ROOT/build-asan" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DAMQP_DELEGATE_SANITIZE=ON >/dev/null \
         && cmake --build "$ROOT/build-asan" -j2 >/dev/null; then
         if ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$ROOT/build-asan" -LE fuzz --output-on-failure; then
-            instrumented asan "$ROOT/build-asan" "$ROOT/build-asan/spec-logs" "$@"
+            SPECS=${SPECS:-$(specs_but $not_instrumented)} \
+                instrumented asan "$ROOT/build-asan" "$ROOT/build-asan/spec-logs" "$@"
         else
             stage_failed "asan" "ctest under ASan"
         fi
@@ -258,7 +278,8 @@ fi
 
 if [ "${VALGRIND:-1}" = 1 ]; then
     section "7/8 valgrind memcheck (build)"
-    instrumented valgrind "$BUILD" "$BUILD/valgrind-logs" "$@"
+    SPECS=${SPECS:-$(specs_but $not_instrumented $not_under_valgrind)} \
+        instrumented valgrind "$BUILD" "$BUILD/valgrind-logs" "$@"
 fi
 
 if [ "${FUZZ:-1}" = 1 ]; then
