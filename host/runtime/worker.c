@@ -339,8 +339,15 @@ static void start_request(struct task_context *request) {
 static void run_request(struct job *job) {
   struct task_context *request = (struct task_context *)job;
   struct worker *worker = request->worker;
-  if (worker->options.ack_early) { /* acked already: it runs, whatever happened since */
-    start_request(request);
+  if (worker->options.ack_early && !request->over_limit && !request->late_ms) {
+    start_request(request); /* acked already: it runs, whatever happened since */
+    return;
+  }
+  if (worker->options.ack_early) { /* acked already: its caller hears why it does not run */
+    if (request->late_ms) refuse_late(request);
+    else refuse_over_limit(request);
+    free(request);
+    request_done(worker);
     return;
   }
   if (request->generation != worker->generation) {

@@ -5,6 +5,7 @@ return {
   name = os.getenv("WORKER_NAME") or "cpu_bound",
   heartbeat = tonumber(os.getenv("HEARTBEAT") or "2"),
   concurrency = tonumber(os.getenv("WORKER_CONCURRENCY") or "1"),
+  ack = os.getenv("WORKER_ACK"),
   task = function(seconds)
     local runs = os.getenv("RUNS_FILE")
     if runs then
