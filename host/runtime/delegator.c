@@ -480,7 +480,8 @@ static void confirmed(void *owner, uint64_t serial, int ack) {
     error_set(&why, ERR_NOT_CONFIRMED, "the broker refuses every request on this channel "
               "(opened while a quorum queue elected its leader?)");
     delegator->nack_reopens++;
-    spend_retry(delegator, call);
+    delegator->reopening = 1;
+    unsend(delegator, call); /* refused, never enqueued: it goes again on the new channel */
     lifecycle_reopen(&delegator->lifecycle, &why, 0.5 * delegator->nack_reopens);
     return;
   }
@@ -499,10 +500,14 @@ static void confirmed(void *owner, uint64_t serial, int ack) {
  * us). Calls still held wait for the next connection. */
 static void lost(void *owner, const struct ad_error *error) {
   struct delegator *delegator = owner;
+  int reopening = delegator->reopening; /* a channel that never confirmed: nothing was taken */
+  delegator->reopening = 0;
   struct call *call = delegator->calls;
   while (call) {
     struct call *next = call->next;
-    if (call->sent && !spend_retry(delegator, call)) {
+    if (reopening && call->sent && !call->confirmed && call->retries_left > 0) {
+      unsend(delegator, call); /* goes again on the new channel, its retries kept */
+    } else if (call->sent && !spend_retry(delegator, call)) {
       int taken = call->confirmed || !delegator->options.confirms;
       if (!taken) delegator->stats.not_confirmed++;
       fail_call(delegator, call, taken ? ERR_CONNECTION_LOST : ERR_NOT_CONFIRMED,

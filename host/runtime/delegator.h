@@ -79,6 +79,7 @@ struct delegator {
   uv_timer_t *resend_timer; /* returned requests wait a moment before they go again */
   unsigned long acks_on_channel; /* confirms this channel gave; 0: it never took one */
   unsigned nack_reopens;         /* channels given up for refusing from the start, in a row */
+  int reopening;                 /* that reopen is under way: its refused calls go again free */
   unsigned long in_flight;
   struct pending_calls pending;
   uv_timer_t *deadline_timer;
