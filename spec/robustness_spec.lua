@@ -102,24 +102,7 @@ local function node_env()
   return { NODE_PATH = ROOT .. "/spec/node/node_modules" }
 end
 
--- Declares queue `name` from an independent client (Node's amqplib) with the given
--- assertQueue options (a JSON object as text), then disconnects.
-local function node_declare(name, options_json)
-  local js = [[
-const amqp = require('amqplib');
-(async () => {
-  const c = await amqp.connect(process.argv[1]);
-  const ch = await c.createChannel();
-  await ch.assertQueue(process.argv[2], JSON.parse(process.argv[3]));
-  await c.close();
-  console.log('declared');
-})().catch((e) => { console.error(String(e)); process.exit(1); });
-]]
-  local out, status, err = broker.run("env NODE_PATH=" .. q(node_env().NODE_PATH) .. " timeout "
-    .. math.ceil(20 * slow) .. " node -e " .. q(js) .. " " .. q(broker.url()) .. " " .. q(name)
-    .. " " .. q(options_json) .. " </dev/null")
-  assert(status == 0 and has(out, "declared"), "node could not declare " .. name .. ": " .. out .. err)
-end
+local node_declare = support.node_declare
 
 -- A Node process that declares queue `name` exclusive and holds it until killed.
 local function node_hold_exclusive(name)

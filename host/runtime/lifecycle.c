@@ -224,16 +224,22 @@ static void schedule_backoff(struct lifecycle *lifecycle) {
   if (lifecycle->delay > lifecycle->reconnect_max) lifecycle->delay = lifecycle->reconnect_max;
 }
 
-/* Logged once per distinct error: a broker that refuses for minutes gives
- * one line, not one per attempt. */
-static void log_attempt_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
+/* Failed attempts are logged once per distinct error: a broker that refuses
+ * for minutes gives one line, not one per attempt. 1 when error is new. */
+static int new_error(struct lifecycle *lifecycle, const struct ad_error *error) {
   if (strcmp(lifecycle->last_logged.code, error->code) == 0 &&
-      strcmp(lifecycle->last_logged.message, error->message) == 0) {
+      strcmp(lifecycle->last_logged.message, error->message) == 0)
+    return 0;
+  lifecycle->last_logged = *error;
+  return 1;
+}
+
+static void log_attempt_failed(struct lifecycle *lifecycle, const struct ad_error *error) {
+  if (!new_error(lifecycle, error)) {
     log_line(LOG_DEBUG, "%s: reconnecting (attempt %u): %s: %s", lifecycle->label,
              lifecycle->attempts, error->code, error->message);
     return;
   }
-  lifecycle->last_logged = *error;
   log_line(LOG_WARN, "%s: reconnecting (attempt %u, retrying every %g s at most): %s: %s",
            lifecycle->label, lifecycle->attempts, lifecycle->reconnect_max, error->code,
            error->message);
@@ -249,12 +255,8 @@ static int still_patient(const struct lifecycle *lifecycle, const struct ad_erro
          now - lifecycle->start_began < runtime_milliseconds(lifecycle->start_patience);
 }
 
-/* Once per distinct error, as for reconnections. */
 static void log_waiting(struct lifecycle *lifecycle, const struct ad_error *error) {
-  if (strcmp(lifecycle->last_logged.code, error->code) == 0 &&
-      strcmp(lifecycle->last_logged.message, error->message) == 0)
-    return;
-  lifecycle->last_logged = *error;
+  if (!new_error(lifecycle, error)) return;
   log_line(LOG_WARN, "%s: waiting for the broker (for %g s at most): %s: %s", lifecycle->label,
            lifecycle->start_patience, error->code, error->message);
 }

@@ -5,15 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fnv1a.h"
+
 #define FIRST_BUCKETS 64
 
 static uint64_t hash_of(const char *key, size_t length) {
-  uint64_t hash = 1469598103934665603ULL;
-  for (size_t i = 0; i < length; i++) {
-    hash ^= (unsigned char)key[i];
-    hash *= 1099511628211ULL;
-  }
-  return hash;
+  return fnv1a(FNV1A_START, key, length);
 }
 
 void pending_calls_init(struct pending_calls *table) {

@@ -4,19 +4,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fnv1a.h"
+
 void result_cache_init(struct result_cache *cache, size_t max_entries) {
   memset(cache, 0, sizeof *cache);
   cache->max_entries = max_entries;
 }
 
-static uint64_t hash_of(const char *id, size_t id_length, const char *reply_to,
-                        size_t reply_to_length) {
-  uint64_t hash = 1469598103934665603ULL; /* FNV-1a over both, a 0 between */
-  for (size_t i = 0; i < id_length; i++) hash = (hash ^ (unsigned char)id[i]) * 1099511628211ULL;
-  hash = (hash ^ 0) * 1099511628211ULL;
-  for (size_t i = 0; i < reply_to_length; i++)
-    hash = (hash ^ (unsigned char)reply_to[i]) * 1099511628211ULL;
-  return hash;
+uint64_t request_hash(const char *id, size_t id_length, const char *reply_to,
+                      size_t reply_to_length) {
+  static const char separator = 0;
+  uint64_t hash = fnv1a(FNV1A_START, id, id_length);
+  hash = fnv1a(hash, &separator, 1);
+  return fnv1a(hash, reply_to, reply_to_length);
 }
 
 static size_t size_of(const struct kept_result *kept) {
@@ -46,7 +46,7 @@ void result_cache_put(struct result_cache *cache, const char *id, size_t id_leng
     forget(cache, cache->oldest);
   struct kept_result *kept = malloc(size);
   if (!kept) return;
-  kept->hash = hash_of(id, id_length, reply_to, reply_to_length);
+  kept->hash = request_hash(id, id_length, reply_to, reply_to_length);
   kept->expires_ms = expires_ms;
   kept->failed = failed;
   kept->id_length = id_length;
@@ -70,7 +70,7 @@ void result_cache_put(struct result_cache *cache, const char *id, size_t id_leng
 const struct kept_result *result_cache_get(struct result_cache *cache, const char *id,
                                            size_t id_length, const char *reply_to,
                                            size_t reply_to_length, int64_t now_ms) {
-  uint64_t hash = hash_of(id, id_length, reply_to, reply_to_length);
+  uint64_t hash = request_hash(id, id_length, reply_to, reply_to_length);
   for (struct kept_result *kept = cache->buckets[hash % RESULT_CACHE_BUCKETS]; kept;
        kept = kept->bucket_next) {
     if (kept->hash != hash || kept->id_length != id_length ||

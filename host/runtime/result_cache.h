@@ -28,6 +28,10 @@ struct result_cache {
 };
 
 void result_cache_init(struct result_cache *cache, size_t max_entries); /* 0: keeps nothing */
+/* A request's key: its correlation id and reply_to (also the worker's
+ * redelivery counts). */
+uint64_t request_hash(const char *id, size_t id_length, const char *reply_to,
+                      size_t reply_to_length);
 /* Keeps a copy (a failure to allocate only means it is not kept). */
 void result_cache_put(struct result_cache *cache, const char *id, size_t id_length,
                       const char *reply_to, size_t reply_to_length, int64_t expires_ms,

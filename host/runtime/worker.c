@@ -383,15 +383,6 @@ static int unanswerable(struct worker *worker, const struct message *message) {
   return 1;
 }
 
-static uint64_t request_key(const struct message *message) {
-  uint64_t hash = 1469598103934665603ULL; /* FNV-1a */
-  const struct short_string *parts[] = {&message->correlation_id, &message->reply_to};
-  for (int i = 0; i < 2; i++)
-    for (size_t j = 0; j <= parts[i]->length; j++)
-      hash = (hash ^ (unsigned char)parts[i]->bytes[j]) * 1099511628211ULL;
-  return hash;
-}
-
 /* How often the request was delivered before: the queue's own count when it
  * keeps one (quorum), else the redeliveries this host has seen (classic
  * queues only flag a redelivery). */
@@ -402,7 +393,8 @@ static long previous_deliveries(struct worker *worker, const struct message *mes
     worker->redeliveries = calloc(REDELIVERY_SLOTS, sizeof *worker->redeliveries);
     if (!worker->redeliveries) return 1;
   }
-  uint64_t key = request_key(message);
+  uint64_t key = request_hash(message->correlation_id.bytes, message->correlation_id.length,
+                              message->reply_to.bytes, message->reply_to.length);
   struct redelivery_count *slot = &worker->redeliveries[key % REDELIVERY_SLOTS];
   if (slot->key != key) {
     slot->key = key;
