@@ -392,7 +392,7 @@ static const luaL_Reg worker_metamethods[] = {{"__gc", worker_gc},
 
 static const char *const delegator_options[] = {
     "url", "on_error", "on_close", "heartbeat", "connect_timeout", "max_body", "max_depth",
-    "timeout", "reconnect_max", "tls", "retry", "confirms", "wait_for_broker", NULL};
+    "timeout", "reconnect_max", "tls", "retry", "confirms", "wait_for_broker", "check_workers", NULL};
 
 static int new_delegator(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
@@ -412,6 +412,7 @@ static int new_delegator(lua_State *L) {
       number_option(L, 1, "timeout", DEFAULT_CALL_TIMEOUT, 0, MAX_TIMEOUT, FOREVER_HINT);
   delegator->options.retry = (int)integer_option(L, 1, "retry", 0, 0, MAX_RETRY);
   delegator->options.confirms = boolean_option(L, 1, "confirms", 1);
+  delegator->options.check_workers = boolean_option(L, 1, "check_workers", 1);
   return 1;
 }
 
@@ -519,17 +520,32 @@ static int delegator_invoke_method(lua_State *L) {
   return call_wait(L, -1);
 }
 
+/* delegator:status(name): what the broker says of the worker's queue. */
+static int delegator_status_method(lua_State *L) {
+  struct delegator *delegator = check_delegator(L);
+  size_t length = 0;
+  const char *name = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &length) : NULL;
+  if (!name || length == 0 || length >= SHORT_STRING_MAX || strlen(name) != length)
+    bad_argument(L, "%s", "expected a worker name (a non-empty string of at most 255 bytes, without NUL bytes)");
+  runtime_wait_place(L, delegator->runtime, "status");
+  lua_settop(L, 2);
+  delegator_status(delegator, L, 1, name);
+  return call_wait(L, -1);
+}
+
 static int delegator_stats_method(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
   const struct delegator_stats *stats = &delegator->stats;
-  lua_createtable(L, 0, 9);
-  static const char *const names[] = {"sent",     "replied",         "failed",
-                                      "timed_out", "returned",       "unknown_replies",
-                                      "retried",   "not_confirmed"};
-  const unsigned long values[] = {stats->sent,     stats->replied,         stats->failed,
-                                  stats->timed_out, stats->returned,       stats->unknown_replies,
-                                  stats->retried,   stats->not_confirmed};
-  for (int i = 0; i < 8; i++) {
+  lua_createtable(L, 0, 11);
+  static const char *const names[] = {"sent",     "replied",       "failed",
+                                      "timed_out", "returned",     "unknown_replies",
+                                      "retried",   "not_confirmed", "no_worker",
+                                      "worker_checks"};
+  const unsigned long values[] = {stats->sent,      stats->replied,      stats->failed,
+                                  stats->timed_out, stats->returned,     stats->unknown_replies,
+                                  stats->retried,   stats->not_confirmed, stats->no_worker,
+                                  stats->worker_checks};
+  for (int i = 0; i < 10; i++) {
     lua_pushinteger(L, (lua_Integer)values[i]);
     lua_setfield(L, -2, names[i]);
   }
@@ -582,6 +598,7 @@ static const luaL_Reg delegator_methods[] = {{"start", delegator_start_method},
                                              {"stop", delegator_stop_method},
                                              {"invoke", delegator_invoke_method},
                                              {"send", delegator_send_method},
+                                             {"status", delegator_status_method},
                                              {"stats", delegator_stats_method},
                                              {NULL, NULL}};
 

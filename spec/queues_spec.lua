@@ -184,6 +184,12 @@ describe("queues and delivery", function()
   end)
 
   describe("publisher confirms", function()
+    -- these queues have no consumer on purpose: the delegator must not ask for one first
+    before_each(function()
+      pcall(delegator.stop, delegator)
+      delegator = support.delegator({ timeout = 10 * slow, check_workers = false })
+    end)
+
     -- a queue that holds one message and refuses (nacks) further publishes
     local function full_queue()
       local name = unique("confirm_full")
@@ -212,7 +218,7 @@ describe("queues and delivery", function()
     it("confirms = false publishes without them (a refused request then waits for its TIMEOUT)", function()
       local name = full_queue()
       defer(function() pcall(broker.ctl, "delete_queue", name) end)
-      local d = support.delegator({ confirms = false })
+      local d = support.delegator({ confirms = false, check_workers = false })
       defer(function() d:stop() end)
       d:send(name, 1)
       assert.are.equal("TIMEOUT", (code_of(d.invoke, d, { timeout = 1 }, name, 2)))
@@ -237,6 +243,12 @@ describe("queues and delivery", function()
   end)
 
   describe("the delivery limit", function()
+    -- the request waits in the queue for the hosts that start after it
+    before_each(function()
+      pcall(delegator.stop, delegator)
+      delegator = support.delegator({ timeout = 10 * slow, check_workers = false })
+    end)
+
     -- Hosts whose task kills them, one after another, until the caller hears: the request
     -- never loops for ever.
     local function crash_until_answered(name, queue, limit)

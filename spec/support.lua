@@ -136,6 +136,45 @@ const amqp = require('amqplib');
   assert(status == 0 and out:find("declared", 1, true), "node could not declare " .. name .. ": " .. out .. err)
 end
 
+-- A free port on loopback (nothing listens there until a forwarder does).
+function support.free_port()
+  for _ = 1, 50 do
+    local port = math.random(20000, 60000)
+    local _, status = broker.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" .. port .. "' 2>/dev/null")
+    if status ~= 0 then return port end
+  end
+  error("no free port")
+end
+
+-- Forwards port -> the test broker, from now on (a broker that comes up late); a process:
+-- signal("STOP") on it freezes every connection through it (a broker that stops answering).
+function support.forward(port)
+  return broker.spawn(string.format("/usr/bin/python3 -c %s %d %d", broker.shell_quote([[
+import socket, sys, threading
+listen, target = int(sys.argv[1]), int(sys.argv[2])
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", listen))
+server.listen(16)
+print("listening", flush=True)
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data: break
+            b.sendall(data)
+    except OSError: pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+while True:
+    client, _ = server.accept()
+    upstream = socket.create_connection(("127.0.0.1", target))
+    threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+]]), port, broker.port()))
+end
+
 -- A queue name no earlier run has used (queues outlive a spec on a reused broker).
 function support.unique(prefix)
   return string.format("%s_%d_%d", prefix, os.time(), math.random(1e9))

@@ -1,5 +1,5 @@
 /* What the files of the host executable share: main.c dispatches to the
- * commands (run.c, call.c, shell.c); options.c parses their options, reports
+ * commands (run.c, call.c, shell.c, status.c); options.c parses their options, reports
  * their failures and makes their Lua states. */
 #ifndef AD_CLI_H
 #define AD_CLI_H
@@ -55,11 +55,13 @@ struct options {
 int command_run(int argc, char **argv, int command);   /* run.c */
 int command_call(int argc, char **argv, int command);  /* call.c */
 int command_shell(int argc, char **argv, int command); /* shell.c */
+int command_status(int argc, char **argv, int command); /* status.c */
 
 /* What `amqp-delegate help COMMAND` prints: the same as `COMMAND --help`. */
 void run_help(void);
 void call_help(void);
 void shell_help(void);
+void status_help(void);
 
 /* ---- options.c ---- */
 

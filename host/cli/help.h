@@ -6,13 +6,13 @@
 #define AD_CLI_HELP_H
 
 #define EXIT_CODES_HELP                                                                      \
-  "exit status (the same for run, call and shell):\n"                                        \
+  "exit status (the same for run, call, shell and status):\n"                                \
   "  0    done: call printed the result; run stopped by SIGTERM; shell left by Ctrl-D or\n"   \
-  "       exit(), or ran -e CODE and FILE without an error\n"                                 \
+  "       exit(), or ran -e CODE and FILE without an error; status: every name is served\n"  \
   "  1    failed: the task raised (TASK_FAILED or its own code), nobody serves the worker\n"  \
-  "       (NO_ROUTE), a broker refusal; run: a FILE does not load or serves nothing, a\n"      \
-  "       worker cannot start, every worker stopped because it could not go on; shell:\n"     \
-  "       -e CODE or FILE raised a Lua error\n"                                               \
+  "       (NO_ROUTE, NO_WORKER), a broker refusal; run: a FILE does not load or serves\n"     \
+  "       nothing, a worker cannot start, every worker stopped because it could not go on;\n" \
+  "       shell: -e CODE or FILE raised a Lua error; status: a name has no worker\n"         \
   "  2    usage: unknown command or option, bad value, an ARG that is not JSON, BAD_URL,\n"    \
   "       BAD_ARGUMENT\n"                                                                     \
   "  3    connection: CONNECTION_FAILED, AUTH_FAILED, NOT_ALLOWED, CONNECTION_LOST,\n"        \

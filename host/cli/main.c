@@ -1,5 +1,5 @@
 /* The host executable: hands the command word (the first operand: options may
- * come before it) to its command (run.c, call.c, shell.c), answers help and
+ * come before it) to its command (run.c, call.c, shell.c, status.c), answers help and
  * version, or suggests the command meant. Options, messages and exit statuses
  * are options.c's; no message shows a password (see there). */
 #include <errno.h>
@@ -29,7 +29,7 @@ static int open_standard_descriptors(void) {
   return 0;
 }
 
-static const char *const commands[] = {"run", "call", "shell", "help", "version"};
+static const char *const commands[] = {"run", "call", "shell", "status", "help", "version"};
 #define COMMANDS ((int)(sizeof commands / sizeof commands[0]))
 
 /* "unknown command 'rn': did you mean 'run'?", then the usage. */
@@ -46,6 +46,7 @@ static int help(const char *topic) {
   if (strcmp(topic, "run") == 0) run_help();
   else if (strcmp(topic, "call") == 0) call_help();
   else if (strcmp(topic, "shell") == 0) shell_help();
+  else if (strcmp(topic, "status") == 0) status_help();
   else if (*topic && strcmp(topic, "help") != 0 && strcmp(topic, "version") != 0)
     return unknown_command(topic);
   else fputs(top_usage, stdout);
@@ -76,6 +77,7 @@ int main(int argc, char **argv) {
   if (strcmp(command, "run") == 0) return command_run(argc, argv, at);
   if (strcmp(command, "call") == 0) return command_call(argc, argv, at);
   if (strcmp(command, "shell") == 0) return command_shell(argc, argv, at);
+  if (strcmp(command, "status") == 0) return command_status(argc, argv, at);
   if (strcmp(command, "version") == 0) {
     print_version();
     return EXIT_OK;

@@ -32,6 +32,7 @@ const char top_usage[] =
     "  run FILE...          serve the workers that each Lua FILE returns\n"
     "  call NAME [ARG...]   call worker NAME once; each ARG is JSON; prints the JSON result\n"
     "  shell [FILE]         a Lua REPL with a started `delegator`; adder(10, 15) calls adder\n"
+    "  status NAME|FILE...  how many workers serve each name, and requests wait for them\n"
     "  help [COMMAND]       this text, or a command's\n"
     "  version              the versions of amqp-delegate, Lua and rabbitmq-c\n"
     "\n"

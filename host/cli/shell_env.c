@@ -60,7 +60,7 @@ static const char environment_code[] =
     "  if d == nil then error('no `delegator`: set it to a started delegator', 2) end\n"
     "  local results = table.pack(pcall(d.invoke, d, name, ...))\n"
     "  local problem = results[2]\n"
-    "  if results[1] or type(problem) == 'table' and problem.code ~= 'NO_ROUTE' then\n"
+    "  if results[1] or type(problem) == 'table' and problem.code ~= 'NO_ROUTE' and problem.code ~= 'NO_WORKER' then\n"
     "    answered[name] = true -- a worker is there: Tab offers it\n"
     "  end\n"
     "  if not results[1] then error(problem, 0) end\n"

@@ -36,6 +36,8 @@
 #define ERR_NOT_CONFIRMED "NOT_CONFIRMED"
 /* a request delivered more often than the worker's delivery_limit */
 #define ERR_DELIVERY_LIMIT "DELIVERY_LIMIT"
+/* the worker's queue is there but nothing consumes it: no worker serves the name now */
+#define ERR_NO_WORKER "NO_WORKER"
 
 struct ad_error {
   char code[48]; /* one of the ERR_ strings, or a task's own code */

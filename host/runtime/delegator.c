@@ -2,8 +2,12 @@
  * reply queue per delegator instead of one per call: requests are published
  * mandatory with a UUID v4 correlation id and reply_to = our queue; replies
  * find their call through the pending table; basic.return ends a call with
- * NO_ROUTE at once; a deadline timer ends it with TIMEOUT. Transport
- * callbacks only settle C state; waiters wake from the job queue. */
+ * NO_ROUTE at once; a deadline timer ends it with TIMEOUT. Before the first
+ * call to a name, and after a call to it timed out, the broker is asked
+ * whether a worker consumes its queue (queue_probe.h): a call to a queue
+ * nobody consumes ends NO_WORKER at once, never enqueued. Names seen served
+ * are kept (served_names.h), so the calls after the first cost nothing more.
+ * Transport callbacks only settle C state; waiters wake from the job queue. */
 #include "delegator.h"
 
 #include <stdio.h>
@@ -151,6 +155,7 @@ static void call_done_job(struct job *job) {
 static void complete(struct delegator *delegator, struct call *call) {
   unlink_call(delegator, call);
   call->done = 1;
+  call->answered = 1;
   runtime_defer(delegator->runtime, &call->done_job);
 }
 
@@ -171,7 +176,10 @@ static void on_deadline(uv_timer_t *timer) {
     snprintf(after, sizeof after, "%g s%s", call->timeout,
              call->sent        ? ""
              : call->resend_at ? " (returned or refused by the broker, waiting to go again)"
+             : call->probing   ? " (the broker did not say in time whether a worker serves it)"
                                : " (never sent: the delegator was not connected)");
+    /* its worker may be gone: the next call asks the broker first */
+    if (call->sent) served_names_forget(&delegator->served, call->worker);
     delegator->stats.timed_out++;
     fail_call(delegator, call, ERR_TIMEOUT, "no reply from '%s' after %s", after);
   }
@@ -226,6 +234,31 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
   return 0;
 }
 
+/* Asks the broker about the call's worker unless the name was seen served
+ * (or this call asked already); the call is held meanwhile. */
+static int needs_question(const struct delegator *delegator, const struct call *call) {
+  if (call->probed) return 0;
+  return call->status_only ||
+         (delegator->options.check_workers && !served_names_has(&delegator->served, call->worker));
+}
+
+static int send_call(struct delegator *delegator, struct channel *channel, struct call *call,
+                     struct ad_error *error) {
+  if (!needs_question(delegator, call)) return publish_call(delegator, channel, call, error);
+  if (call->probing) return 0;
+  if (queue_probe_ask(&delegator->probe, lifecycle_url(&delegator->lifecycle),
+                      &delegator->lifecycle.options, call->worker) != 0) {
+    if (call->status_only) {
+      error_set(error, ERR_BAD_ARGUMENT, "out of memory for a question about '%s'", call->worker);
+      return -1;
+    }
+    call->probed = 1; /* unasked: it goes out as it would without the question */
+    return publish_call(delegator, channel, call, error);
+  }
+  call->probing = 1; /* the answer comes from the loop, later */
+  return 0;
+}
+
 static void on_resend(uv_timer_t *timer);
 
 /* Ready again (or unblocked, or a returned request's pause is over): the
@@ -236,12 +269,12 @@ static void send_held(struct delegator *delegator) {
   struct ad_error error;
   uint64_t now = uv_now(&delegator->runtime->loop), next_resend = UINT64_MAX;
   for (struct call *call = delegator->calls; call; call = call->next) {
-    if (call->sent) continue;
+    if (call->sent || call->probing) continue;
     if (call->resend_at > now) {
       if (call->resend_at < next_resend) next_resend = call->resend_at;
       continue;
     }
-    if (publish_call(delegator, channel, call, &error) != 0) return;
+    if (send_call(delegator, channel, call, &error) != 0) return;
   }
   if (next_resend != UINT64_MAX)
     uv_timer_start(delegator->resend_timer, on_resend, next_resend - now, 0);
@@ -364,9 +397,96 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
   struct channel *channel = lifecycle_channel(&delegator->lifecycle);
   struct ad_error error;
   if (channel && delegator->lifecycle.state == LIFECYCLE_READY)
-    publish_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
+    send_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
+  /* From plain Lua a send puts the request on its way before it returns, so
+   * the first call to a name waits for the broker's answer (bounded by the
+   * connect timeout). A task's goes once it yields; so does one made while
+   * the loop runs (a hook). */
+  if (call->probing && !fiber_current(L) && !delegator->runtime->running)
+    runtime_wait(delegator->runtime, &call->answered);
   lua_settop(L, call_index);
   return call;
+}
+
+struct call *delegator_status(struct delegator *delegator, lua_State *L, int self,
+                              const char *name) {
+  check_sendable(delegator, L);
+  struct call *call = new_call(L, delegator, self, name);
+  int call_index = lua_gettop(L);
+  if (!fiber_current(L)) notice_idle_loss(delegator);
+  check_sendable(delegator, L);
+  call->status_only = 1;
+  call->timeout = delegator->options.timeout;
+  call->deadline = UINT64_MAX;
+  uv_update_time(&delegator->runtime->loop);
+  if (call->timeout > 0)
+    call->deadline = uv_now(&delegator->runtime->loop) + runtime_milliseconds(call->timeout);
+  lua_pushvalue(L, call_index);
+  call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  link_call(delegator, call);
+  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct ad_error error;
+  if (channel && delegator->lifecycle.state == LIFECYCLE_READY &&
+      send_call(delegator, channel, call, &error) != 0)
+    fail_call(delegator, call, error.code, "question about '%s': %s", error.message);
+  lua_settop(L, call_index);
+  return call;
+}
+
+/* ---- the broker's answers about worker queues ---- */
+
+static void answer_status(struct delegator *delegator, struct call *call,
+                          const struct probe_answer *answer) {
+  if (answer->outcome == PROBE_FAILED) {
+    fail_call(delegator, call, answer->error.code, "cannot learn whether '%s' has a worker: %s",
+              answer->error.message);
+    return;
+  }
+  call->queue_exists = answer->outcome == PROBE_FOUND;
+  call->consumers = answer->consumers;
+  call->messages = answer->messages;
+  complete(delegator, call);
+}
+
+/* A queue nobody consumes: the call ends NO_WORKER, unless it may be re-sent
+ * (retry = n: the caller would rather wait for a worker coming back, and the
+ * queue keeps the request until its deadline). Any other answer lets it go:
+ * a missing queue is told by the broker's return (NO_ROUTE), a question that
+ * failed costs nothing but the check. */
+static void answer_call(struct delegator *delegator, struct call *call,
+                        const struct probe_answer *answer) {
+  if (answer->outcome == PROBE_FOUND && answer->consumers == 0 && call->retries_left == 0) {
+    delegator->stats.no_worker++;
+    char detail[96];
+    snprintf(detail, sizeof detail, "%u request%s waiting", answer->messages,
+             answer->messages == 1 ? "" : "s");
+    fail_call(delegator, call, ERR_NO_WORKER,
+              "no worker serves '%s' now: its queue has no consumer (%s)", detail);
+    return;
+  }
+  call->probed = 1;
+  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct ad_error error;
+  if (channel && delegator->lifecycle.state == LIFECYCLE_READY)
+    publish_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
+}
+
+static void on_probe_answer(void *owner, const struct probe_answer *answer) {
+  struct delegator *delegator = owner;
+  delegator->stats.worker_checks++;
+  if (answer->outcome == PROBE_FOUND && answer->consumers > 0)
+    served_names_add(&delegator->served, answer->name);
+  struct call *call = delegator->calls;
+  while (call) {
+    struct call *next = call->next; /* the call may end here */
+    if (call->probing && strcmp(call->worker, answer->name) == 0) {
+      call->probing = 0;
+      call->answered = 1;
+      if (call->status_only) answer_status(delegator, call, answer);
+      else answer_call(delegator, call, answer);
+    }
+    call = next;
+  }
 }
 
 /* ---- replies ---- */
@@ -521,6 +641,7 @@ static void lost(void *owner, const struct ad_error *error) {
 
 static void begin_stop(void *owner) {
   struct delegator *delegator = owner;
+  queue_probe_reset(&delegator->probe);
   while (delegator->calls)
     fail_call(delegator, delegator->calls, ERR_STOPPED, "call to '%s' ended: %s",
               "the delegator was stopped");
@@ -542,6 +663,7 @@ void delegator_init(struct delegator *delegator, struct runtime *runtime) {
   delegator->lifecycle.on_error_slot = DELEGATOR_ON_ERROR_SLOT;
   delegator->lifecycle.on_close_slot = DELEGATOR_ON_CLOSE_SLOT;
   pending_calls_init(&delegator->pending);
+  served_names_init(&delegator->served);
 }
 
 int delegator_start(struct delegator *delegator, lua_State *L, int self) {
@@ -553,7 +675,12 @@ int delegator_start(struct delegator *delegator, lua_State *L, int self) {
       delegator->deadline_timer = runtime_timer_new(delegator->runtime, delegator);
     if (!delegator->resend_timer)
       delegator->resend_timer = runtime_timer_new(delegator->runtime, delegator);
-    if (!delegator->deadline_timer || !delegator->resend_timer)
+    if (!delegator->probe_timer) {
+      delegator->probe_timer = runtime_timer_new(delegator->runtime, NULL);
+      queue_probe_init(&delegator->probe, &delegator->runtime->loop, delegator->probe_timer,
+                       on_probe_answer, delegator);
+    }
+    if (!delegator->deadline_timer || !delegator->resend_timer || !delegator->probe_timer)
       return luaL_error(L, "out of memory");
   }
   return lifecycle_start(&delegator->lifecycle, L, self);
@@ -573,6 +700,10 @@ void delegator_release(struct delegator *delegator) {
   delegator->deadline_timer = NULL;
   runtime_timer_free(delegator->resend_timer);
   delegator->resend_timer = NULL;
+  queue_probe_release(&delegator->probe);
+  runtime_timer_free(delegator->probe_timer);
+  delegator->probe_timer = NULL;
+  served_names_free(&delegator->served);
   pending_calls_free(&delegator->pending);
 }
 
@@ -598,8 +729,23 @@ static int raise_error_reply(lua_State *L, struct call *call) {
   return error_object_raise(L, &error);
 }
 
+/* delegator:status()'s result: {name, exists, consumers, waiting}. */
+static int push_status(lua_State *L, const struct call *call) {
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, call->worker);
+  lua_setfield(L, -2, "name");
+  lua_pushboolean(L, call->queue_exists);
+  lua_setfield(L, -2, "exists");
+  lua_pushinteger(L, call->consumers);
+  lua_setfield(L, -2, "consumers");
+  lua_pushinteger(L, call->messages);
+  lua_setfield(L, -2, "waiting");
+  return 1;
+}
+
 static int call_result(lua_State *L, struct call *call) {
   if (call->failed) return error_object_raise(L, &call->error);
+  if (call->status_only) return push_status(L, call);
   if (call->error_reply) return raise_error_reply(L, call);
   char problem[256];
   int max_depth = call->delegator ? call->delegator->options.max_depth : JSON_DEFAULT_MAX_DEPTH;

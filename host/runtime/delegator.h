@@ -18,7 +18,9 @@
 #include "connection.h"
 #include "lifecycle.h"
 #include "pending_calls.h"
+#include "queue_probe.h"
 #include "runtime.h"
+#include "served_names.h"
 
 #define CALL_MT "amqp_delegate.call"
 
@@ -32,6 +34,7 @@ struct delegator_options {
   double timeout; /* seconds; 0: calls wait as long as it takes */
   int retry;      /* the calls' default number of re-sends (idempotent calls) */
   int confirms;   /* publish requests with publisher confirms */
+  int check_workers; /* ask the broker whether a name has a worker before its first call */
 };
 
 struct delegator;
@@ -47,6 +50,12 @@ struct call {
   int unconfirmed;              /* in the delegator's unconfirmed list */
   int confirmed;                /* the broker took the request */
   int retries_left;             /* re-sends allowed (nack, node lost, no route) */
+  int probing;                  /* held until the broker says whether a worker serves it */
+  int probed;                   /* asked already: it goes out whatever the answer was */
+  int answered;                 /* the question was answered, or the call ended */
+  int status_only;              /* delegator:status(): the answer is the result */
+  int queue_exists;             /* status_only: what the broker said */
+  uint32_t consumers, messages;
   uint64_t serial;              /* the request's confirm token */
   uint64_t resend_at;           /* loop time (ms) a returned request goes again; 0: now */
   int anchor;                   /* registry reference while in flight */
@@ -64,7 +73,7 @@ struct call {
 
 struct delegator_stats {
   unsigned long sent, replied, failed, timed_out, returned, unknown_replies, retried,
-      not_confirmed;
+      not_confirmed, no_worker, worker_checks;
 };
 
 struct delegator {
@@ -86,6 +95,9 @@ struct delegator {
   uint64_t random_state[2];
   uint64_t last_send; /* loop time of the last send, to notice an idle REPL */
   struct delegator_stats stats;
+  struct queue_probe probe;    /* passive declares, on a channel of its own */
+  uv_timer_t *probe_timer;     /* the probe's deadline */
+  struct served_names served;  /* names seen with a consumer: their calls go out at once */
 };
 
 /* Per-call options; timeout < 0 means the delegator's. */
@@ -108,6 +120,10 @@ void delegator_release(struct delegator *delegator);
 struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
                             const struct call_options *options, const char *name, int first,
                             int last);
+/* Pushes the handle of a question to the broker about worker `name`'s queue
+ * (delegator:status): its result is {name, exists, consumers, waiting}. */
+struct call *delegator_status(struct delegator *delegator, lua_State *L, int self,
+                              const char *name);
 /* Waits for the call at `index` and returns the number of results pushed
  * (lua_CFunction style; it yields inside a fiber). Raises the call's error. */
 int call_wait(lua_State *L, int index);

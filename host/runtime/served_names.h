@@ -1,0 +1,25 @@
+/* The worker names a delegator has seen served: their queue had a consumer
+ * when it last asked the broker (queue_probe.h). Calls to these names go out
+ * without a question; a timeout forgets the name, so the next call asks.
+ * Bounded: a slot per hash, a newcomer takes the slot of an old name (which
+ * is then asked about again), so a delegator calling many names keeps only
+ * SERVED_NAMES_SLOTS of them. */
+#ifndef AD_SERVED_NAMES_H
+#define AD_SERVED_NAMES_H
+
+#define SERVED_NAMES_SLOTS 256
+
+struct served_name;
+
+struct served_names {
+  struct served_name *slots[SERVED_NAMES_SLOTS];
+};
+
+void served_names_init(struct served_names *names);
+int served_names_has(const struct served_names *names, const char *name);
+/* Returns -1 when out of memory (the name is then simply asked about again). */
+int served_names_add(struct served_names *names, const char *name);
+void served_names_forget(struct served_names *names, const char *name);
+void served_names_free(struct served_names *names);
+
+#endif
