@@ -205,11 +205,11 @@ describe("amqp-delegate --help and --version", function()
     local out, status = host("--help")
     assert.are.equal(0, status)
     assert.matches("usage: amqp%-delegate COMMAND", out)
-    for _, command in ipairs({ "run", "call", "shell" }) do
+    for _, command in ipairs({ "run", "call", "shell", "status" }) do
       assert.matches("\n  " .. command .. " ", out)
     end
-    assert.matches("exit status %(the same for run, call and shell%):", out)
-    for _, command in ipairs({ "run", "call", "shell" }) do
+    assert.matches("exit status %(the same for run, call, shell and status%):", out)
+    for _, command in ipairs({ "run", "call", "shell", "status" }) do
       out, status = host(command, "--help")
       assert.are.equal(0, status, command)
       assert.matches("^usage: amqp%-delegate " .. command .. " ", out)
@@ -328,7 +328,7 @@ describe("amqp-delegate option parsing", function()
     out, status, err = host("call", "-u" .. broker.url(), "-t5", "-pr", "lua_echo", '"bare"')
     assert.are.equal(0, status, err)
     assert.are.equal("bare\n", out)
-    for _, command in ipairs({ "run", "call", "shell" }) do
+    for _, command in ipairs({ "run", "call", "shell", "status" }) do
       out, status = host(command, "-h")
       assert.are.equal(0, status, command)
       assert.matches("^usage: amqp%-delegate " .. command .. " ", out)

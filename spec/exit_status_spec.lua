@@ -32,6 +32,7 @@ describe("exit statuses", function()
   it("0: call printed the result; shell -e ran; run stopped by SIGTERM", function()
     assert.are.equal(0, (status_of("call", "-u", broker.url(), "adder", "1", "2")))
     assert.are.equal(0, (status_of("shell", "-u", broker.url(), "-e", "adder(1, 2)")))
+    assert.are.equal(0, (status_of("status", "-u", broker.url(), "adder")))
     local p = support.host({ "scripts/adder.lua" })
     p:signal("TERM")
     assert.are.equal(0, p:wait_exit(10 * support.slow), p:output())
@@ -41,16 +42,17 @@ describe("exit statuses", function()
   it("1: the task raised, nobody serves the name, a file does not load or serves nothing, -e raised", function()
     assert.are.equal(1, (status_of("call", "-u", broker.url(), "adder", '"x"', "1")))
     assert.are.equal(1, (status_of("call", "-u", broker.url(), "exit_status_nobody")))
+    assert.are.equal(1, (status_of("status", "-u", broker.url(), "adder", "exit_status_nobody")))
     assert.are.equal(1, (status_of("run", "-u", broker.url(), ROOT .. "/spec/workers/load_error.lua")))
     assert.are.equal(1, (status_of("run", "-u", broker.url(), ROOT .. "/spec/workers/cli_returns_nothing.lua")))
     assert.are.equal(1, (status_of("shell", "-u", broker.url(), "-e", "error('x')")))
   end)
 
   it("2: usage, BAD_URL, BAD_ARGUMENT, for every command", function()
-    for _, command in ipairs({ "run", "call", "shell" }) do
+    for _, command in ipairs({ "run", "call", "shell", "status" }) do
       assert.are.equal(2, (status_of(command, "--no-such-option")), command)
       local status, err = status_of(command, "--url", "http://guest:guest@example.invalid/",
-        command == "run" and ROOT .. "/scripts/adder.lua" or command == "call" and "adder" or nil)
+        command == "run" and ROOT .. "/scripts/adder.lua" or command ~= "shell" and "adder" or nil)
       assert.are.equal(2, status, command .. ": " .. err)
       assert.matches("BAD_URL", err)
     end

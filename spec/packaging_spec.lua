@@ -11,7 +11,7 @@ local ROCKSPEC = "amqp-delegate-0.1.0-1.rockspec"
 -- Every option word (-x, --name) in the --help of every command.
 local function help_options()
   local options = {}
-  for _, command in ipairs({ "run", "call", "shell" }) do
+  for _, command in ipairs({ "run", "call", "shell", "status" }) do
     local out, status = broker.run(q(support.host_binary()) .. " " .. command .. " --help")
     assert.are.equal(0, status)
     for word in out:match("\noptions:\n(.-)\n\n"):gmatch("%f[%w-]%-%-?[%a][%w-]*") do options[word] = command end
@@ -31,7 +31,7 @@ describe("packaging", function()
   it("has a man page that documents every command and every option of every --help", function()
     local page = assert(broker.read_file(ROOT .. "/doc/amqp-delegate.1"))
     local text = page:gsub("\\%-", "-"):gsub("\\f[BIRP]", "")
-    for _, command in ipairs({ "run", "call", "shell", "help", "version" }) do
+    for _, command in ipairs({ "run", "call", "shell", "status", "help", "version" }) do
       assert.matches("\n%.[BT]P?%s*[^\n]*" .. command, text, command)
     end
     local count = 0
