@@ -59,6 +59,31 @@ section "2/8 build (CMake, $BUILD_TYPE)"
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" || die "cmake configure failed"
 cmake --build "$BUILD" -j2 || die "build failed"
 
+# The ASan and fuzz builds (stages 6 and 8) are made meanwhile, in the background at the
+# lowest priority: stages 4 and 5 mostly wait on the broker, and the stages then find them
+# built (they run cmake again, which only checks). A failure here is theirs to report.
+prebuild_pid=""
+prebuild() {
+    if [ "${SANITIZE:-1}" = 1 ]; then
+        cmake -S "$ROOT" -B "$ROOT/build-asan" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DAMQP_DELEGATE_SANITIZE=ON \
+            && cmake --build "$ROOT/build-asan" -j2
+    fi
+    if [ "${FUZZ:-1}" = 1 ] && command -v clang >/dev/null; then
+        CC=clang cmake -S "$ROOT" -B "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
+            -DAMQP_DELEGATE_FUZZ_SECONDS="${FUZZ_SECONDS:-30}" \
+            && cmake --build "$ROOT/build-fuzz" -j2 --target fuzz_json fuzz_url
+    fi
+}
+wait_prebuild() { # the background builds are done (or were stopped)
+    [ -n "$prebuild_pid" ] || return 0
+    wait "$prebuild_pid" 2>/dev/null || true
+    prebuild_pid=""
+}
+if [ "${SANITIZE:-1}" = 1 ] || [ "${FUZZ:-1}" = 1 ]; then
+    (renice -n 19 "$BASHPID" >/dev/null 2>&1; prebuild) >"$BUILD/prebuild.log" 2>&1 </dev/null &
+    prebuild_pid=$!
+fi
+
 section "3/8 C unit tests (ctest)"
 if [ -f "$BUILD/CTestTestfile.cmake" ]; then
     ctest --test-dir "$BUILD" --output-on-failure || die "C unit tests failed"
@@ -120,6 +145,10 @@ kill_spawned() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [ -n "$prebuild_pid" ]; then
+        pkill -TERM -P "$prebuild_pid" 2>/dev/null || true
+        kill -TERM "$prebuild_pid" 2>/dev/null || true
+    fi
     if [ -n "$busted_pid" ] && kill -0 "$busted_pid" 2>/dev/null; then
         kill -TERM -- "-$busted_pid" 2>/dev/null || true
         for _ in $(seq 1 50); do kill -0 "$busted_pid" 2>/dev/null || break; sleep 0.1; done
@@ -263,6 +292,7 @@ instrumented() { # MODE BUILD_DIR LOG_DIR [BUSTED ARGS...]: the specs under ASan
 
 if [ "${SANITIZE:-1}" = 1 ]; then
     section "6/8 AddressSanitizer + UBSan (build-asan)"
+    wait_prebuild
     if cmake -S "$ROOT" -B "$ROOT/build-asan" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DAMQP_DELEGATE_SANITIZE=ON >/dev/null \
         && cmake --build "$ROOT/build-asan" -j2 >/dev/null; then
         if ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$ROOT/build-asan" -LE fuzz --output-on-failure; then
@@ -284,6 +314,7 @@ fi
 
 if [ "${FUZZ:-1}" = 1 ]; then
     section "8/8 fuzzing (libFuzzer, ${FUZZ_SECONDS:-30}s per target, build-fuzz)"
+    wait_prebuild
     if ! command -v clang >/dev/null; then
         stage_failed "fuzz" "clang not found"
     elif CC=clang cmake -S "$ROOT" -B "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
