@@ -367,6 +367,19 @@ static int call_headers(struct delegator *delegator, struct call *call,
   return 0;
 }
 
+/* The call (at call_index) is in flight from now: its deadline runs from
+ * its timeout, the registry anchors it until it ends. */
+static void begin_call(struct delegator *delegator, lua_State *L, struct call *call,
+                       int call_index) {
+  call->deadline = UINT64_MAX;
+  uv_update_time(&delegator->runtime->loop); /* stale after an idle REPL */
+  if (call->timeout > 0)
+    call->deadline = uv_now(&delegator->runtime->loop) + runtime_milliseconds(call->timeout);
+  lua_pushvalue(L, call_index);
+  call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  link_call(delegator, call);
+}
+
 struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
                             const struct call_options *options, const char *name, int first,
                             int last) {
@@ -382,18 +395,10 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
   check_sendable(delegator, L);
   call->timeout = options->timeout >= 0 ? options->timeout : delegator->options.timeout;
   call->retries_left = options->retry >= 0 ? options->retry : delegator->options.retry;
-  call->deadline = UINT64_MAX;
-  uv_update_time(&delegator->runtime->loop); /* stale after an idle REPL */
-  if (call->timeout > 0) {
-    uint64_t milliseconds = runtime_milliseconds(call->timeout);
-    call->deadline = uv_now(&delegator->runtime->loop) + milliseconds;
-  }
   if (call_headers(delegator, call, options) != 0)
     error_object_raisef(L, ERR_BAD_ARGUMENT, "out of memory for the headers of a call to '%s'",
                         name);
-  lua_pushvalue(L, call_index);
-  call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
-  link_call(delegator, call);
+  begin_call(delegator, L, call, call_index);
   struct channel *channel = lifecycle_channel(&delegator->lifecycle);
   struct ad_error error;
   if (channel && delegator->lifecycle.state == LIFECYCLE_READY)
@@ -417,13 +422,7 @@ struct call *delegator_status(struct delegator *delegator, lua_State *L, int sel
   check_sendable(delegator, L);
   call->status_only = 1;
   call->timeout = delegator->options.timeout;
-  call->deadline = UINT64_MAX;
-  uv_update_time(&delegator->runtime->loop);
-  if (call->timeout > 0)
-    call->deadline = uv_now(&delegator->runtime->loop) + runtime_milliseconds(call->timeout);
-  lua_pushvalue(L, call_index);
-  call->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
-  link_call(delegator, call);
+  begin_call(delegator, L, call, call_index);
   struct channel *channel = lifecycle_channel(&delegator->lifecycle);
   struct ad_error error;
   if (channel && delegator->lifecycle.state == LIFECYCLE_READY &&
