@@ -26,7 +26,9 @@
   "                       it or separate URLs with commas for a list of brokers\n"
 #define LOG_HELP                                                                       \
   "  -l, --log-level LEVEL\n"                                                          \
-  "                       debug, info, warn, error or off (default %s)\n"
+  "                       debug, info, warn, error or off (default %s)\n"             \
+  "  --log-format FORMAT  text, or json: one JSON object a line (time, level, message)\n" \
+  "                       (default text, or $AMQP_DELEGATE_LOG_FORMAT)\n"
 #define TLS_HELP                                                                         \
   "  --ca-file FILE       for amqps:// URLs: the CA that signed the broker's certificate\n" \
   "                       (default: the system's CAs)\n"                                \

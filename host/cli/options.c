@@ -20,6 +20,7 @@
 #include "errors.h"
 #include "help.h"
 #include "log.h"
+#include "metrics_server.h"
 #include "url.h"
 #include "version.h"
 
@@ -146,6 +147,8 @@ static const struct option_spec option_specs[] = {
     {"raw", 'r', OPTION_RAW, 0},
     {"eval", 'e', OPTION_EVAL, 1},
     {"log-level", 'l', OPTION_LOG_LEVEL, 1},
+    {"log-format", 0, OPTION_LOG_LEVEL, 1}, /* wherever --log-level is */
+    {"metrics", 0, OPTION_METRICS, 1},
     {"ca-file", 0, OPTION_TLS, 1},
     {"cert-file", 0, OPTION_TLS, 1},
     {"key-file", 0, OPTION_TLS, 1},
@@ -262,12 +265,27 @@ static int take_value(const struct option_spec *spec, char *value, struct option
       return fail(EXIT_USAGE, "--queue-type takes classic or quorum, not '%.40s'", value);
     options->queue_type = value;
     return 0;
+  case OPTION_METRICS: {
+    struct metrics_address address;
+    char problem[200];
+    if (metrics_address_parse(value, &address, problem, sizeof problem) != 0)
+      return fail(EXIT_USAGE, "--metrics %s", problem);
+    options->metrics = value;
+    return 0;
+  }
   case OPTION_EVAL:
     if (options->eval_count == OPTIONS_MAX_EVAL)
       return fail(EXIT_USAGE, "-e: at most %d of them", OPTIONS_MAX_EVAL);
     options->eval[options->eval_count++] = value;
     return 0;
-  default: { /* OPTION_LOG_LEVEL */
+  default: { /* OPTION_LOG_LEVEL: --log-level or --log-format */
+    if (strcmp(spec->name, "log-format") == 0) {
+      int format = log_format_from_name(value);
+      if (format < 0)
+        return fail(EXIT_USAGE, "--log-format takes text or json, not '%.40s'", value);
+      log_set_format((enum log_format)format);
+      return 0;
+    }
     int level = log_level_from_name(value);
     if (level < 0)
       return fail(EXIT_USAGE, "--log-level takes debug, info, warn, error or off, not '%.40s'",
