@@ -11,7 +11,8 @@
   "       exit(), or ran -e CODE and FILE without an error\n"                                 \
   "  1    failed: the task raised (TASK_FAILED or its own code), nobody serves the worker\n"  \
   "       (NO_ROUTE), a broker refusal; run: a FILE does not load or serves nothing, a\n"      \
-  "       worker cannot start, every worker stopped because it could not go on; shell:\n"     \
+  "       worker cannot start, every worker stopped because it could not go on, the\n"       \
+  "       --metrics address cannot be listened on; shell:\n"                                 \
   "       -e CODE or FILE raised a Lua error\n"                                               \
   "  2    usage: unknown command or option, bad value, an ARG that is not JSON, BAD_URL,\n"    \
   "       BAD_ARGUMENT\n"                                                                     \
