@@ -276,10 +276,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buffer) 
   (void)buffer;
   struct connection *connection = stream->data;
   if (connection->closing) return;
-  if (nread < 0) { /* the client closed, or an error: nothing more to hear */
+  /* The client closed its side (EOF: the answer may still go out, then
+   * on_written closes), or the connection failed: then it closes at once,
+   * since a write after a reset the read has reported raises SIGPIPE, which
+   * the host does not ignore (its tasks' child processes would inherit that). */
+  if (nread < 0) {
     connection->peer_done = 1;
     uv_read_stop(stream);
-    if (!connection->writing) connection_close(connection); /* else on_written closes it */
+    if (!connection->writing || nread != UV_EOF) connection_close(connection);
     return;
   }
   if (nread == 0 || connection->answered) return;
