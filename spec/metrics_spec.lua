@@ -272,6 +272,28 @@ for request in (b"GET\r\n\r\n", b"\x00\x01\x02\r\n\r\n", b"GET /metrics HTTP/2.0
     end
   end)
 
+  it("answers a request that arrives in pieces", function()
+    local _, base = metrics_host()
+    local out = python([[
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(10)
+for piece in (b"GE", b"T /hea", b"lth HTTP/1.1\r\nHost: x\r", b"\n\r\n"):
+    s.sendall(piece)
+    time.sleep(0.2)
+print(s.recv(200).split(b"\r\n")[0].decode())
+]], base:match("%d+$"))
+    assert.matches("HTTP/1%.1 200 OK", out)
+  end)
+
+  it("closes the server with the state when a file does not load (exit 1)", function()
+    local host = support.host({ "spec/workers/syntax_error.lua" },
+      { flags = { "--metrics", "127.0.0.1:0" }, wait = false })
+    assert.are.equal(1, host:wait_exit(10 * support.slow))
+    assert.matches("metrics: serving", host:output())
+    assert.matches("syntax_error%.lua:4:", host:output())
+  end)
+
   it("exits 1 naming the address when it cannot listen there", function()
     local _, base = metrics_host()
     local port = base:match("%d+$")
@@ -362,6 +384,15 @@ describe("amqp-delegate --log-format json", function()
       assert.truthy(host:output():find("worker 'metrics_ok' ready", 1, true))
     end)
   end
+
+  it("writes run's own failure as a JSON line too", function()
+    local host = support.host({ "spec/workers/syntax_error.lua" },
+      { flags = { "--log-format", "json" }, wait = false })
+    assert.are.equal(1, host:wait_exit(10 * support.slow))
+    local lines = json_lines(host:output())
+    assert.are.equal("error", lines[#lines].level)
+    assert.matches("syntax_error%.lua:4:", lines[#lines].message)
+  end)
 
   it("refuses an unknown format with a usage error", function()
     local host = support.host({ WORKERS }, { flags = { "--log-format=xml" }, wait = false })

@@ -54,7 +54,8 @@ int fail(int status, const char *format, ...) {
   va_end(args);
   url_redact_text(message, redacted, sizeof redacted);
   fflush(stdout);
-  fprintf(stderr, "amqp-delegate: %s\n", redacted);
+  if (log_is_json()) log_write(LOG_ERROR, redacted);
+  else fprintf(stderr, "amqp-delegate: %s\n", redacted);
   return status;
 }
 
@@ -73,9 +74,8 @@ void connection_hint(const struct options *options, const char *code, const char
   if (strcmp(code, ERR_CONNECTION_FAILED) != 0 || options->url ||
       (from_environment && *from_environment) || !strstr(message, "localhost"))
     return;
-  fprintf(stderr, "amqp-delegate: nothing answers at amqp://localhost (the default URL): start "
-                  "RabbitMQ there, or point at a broker with --url URL or "
-                  "AMQP_URL=amqp://user:password@host:5672/vhost\n");
+  fail(0, "nothing answers at amqp://localhost (the default URL): start RabbitMQ there, or point "
+          "at a broker with --url URL or AMQP_URL=amqp://user:password@host:5672/vhost");
 }
 
 /* ---- suggestions ---- */

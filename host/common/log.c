@@ -92,10 +92,24 @@ int log_level_from_name(const char *name) {
   return -1;
 }
 
+int log_is_json(void) {
+  if (!format_from_environment_read) read_format_from_environment();
+  return current_format == LOG_JSON;
+}
+
 void log_line(enum log_level level, const char *format, ...) {
   if (!level_from_environment_read) read_environment();
-  if (!format_from_environment_read) read_format_from_environment();
   if (level < current_level || level >= LOG_OFF) return;
+  char message[1024];
+  va_list args;
+  va_start(args, format);
+  vsnprintf(message, sizeof message, format, args);
+  va_end(args);
+  log_write(level, message);
+}
+
+void log_write(enum log_level level, const char *text) {
+  if (level >= LOG_OFF) return;
   struct timeval now;
   gettimeofday(&now, NULL);
   struct tm utc;
@@ -103,12 +117,9 @@ void log_line(enum log_level level, const char *format, ...) {
   char stamp[32];
   strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &utc);
   char message[1024];
-  va_list args;
-  va_start(args, format);
-  vsnprintf(message, sizeof message, format, args);
-  va_end(args);
+  snprintf(message, sizeof message, "%s", text);
   /* One fprintf so concurrent processes sharing a log do not interleave halves. */
-  if (current_format == LOG_JSON) {
+  if (log_is_json()) {
     static const char *const lower[] = {"debug", "info", "warn", "error"};
     char escaped[6 * sizeof message + 1];
     json_escape(message, escaped, sizeof escaped);

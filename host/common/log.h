@@ -17,5 +17,10 @@ void log_set_format(enum log_format format);
 int log_format_from_name(const char *name);
 void log_line(enum log_level level, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
+/* Whether lines are JSON (--log-format json or AMQP_DELEGATE_LOG_FORMAT). */
+int log_is_json(void);
+/* One line at `level` whatever the level threshold: a command's own failure,
+ * which must reach a log collector as the other lines do. */
+void log_write(enum log_level level, const char *message);
 
 #endif
