@@ -9,10 +9,10 @@ local WORKERS = "spec/workers/metrics.lua"
 
 -- A host serving the metrics workers with --metrics on a port the system picks; returns the
 -- host and the base URL it logged.
-local function metrics_host(flags, env)
+local function metrics_host(flags, env, files)
   local all = { "--metrics", "127.0.0.1:0" }
   for _, flag in ipairs(flags or {}) do all[#all + 1] = flag end
-  local host = support.host({ WORKERS }, { flags = all, env = env })
+  local host = support.host(files or { WORKERS }, { flags = all, env = env })
   local port = host:output():match("metrics: serving http://127%.0%.0%.1:(%d+)/metrics")
   assert(port, "the host logs the port it listens on:\n" .. host:output())
   return host, "http://127.0.0.1:" .. port
@@ -52,6 +52,7 @@ local function parse(text)
       local base = series:match("^[%w_]+")
       local family = base:gsub("_bucket$", ""):gsub("_sum$", ""):gsub("_count$", "")
       assert(typed[base] or typed[family], "TYPE before the samples of " .. base)
+      assert(samples[series] == nil, "one sample per series: " .. series)
       samples[series] = assert(tonumber(value), line)
     end
   end
@@ -137,6 +138,15 @@ describe("amqp-delegate run --metrics", function()
     assert.are.equal(1, m.amqp_delegate_delegator_calls_sent_total)
     assert.are.equal(1, m.amqp_delegate_delegator_calls_replied_total)
     assert.are.equal(1, m[worker_series("requests_served_total", "metrics_ok")])
+  end)
+
+  it("sums two workers of one name into one series", function()
+    local _, base = metrics_host(nil, nil, { WORKERS, WORKERS })
+    for i = 1, 6 do assert.are.equal(i, delegator:invoke("metrics_ok", i)) end
+    local m = scrape(base) -- parse() fails on a series given twice
+    assert.are.equal(6, m[worker_series("requests_served_total", "metrics_ok")])
+    assert.are.equal(6, m['amqp_delegate_worker_task_duration_seconds_count{worker="metrics_ok"}'])
+    assert.are.equal(1, m[worker_series("connected", "metrics_ok")])
   end)
 
   it("answers HEAD, HTTP/1.0, 404 for other paths and 405 for other methods", function()

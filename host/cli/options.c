@@ -46,6 +46,13 @@ const char top_usage[] =
 
 /* ---- messages ---- */
 
+/* "amqp-delegate: text" on standard error, or a JSON log line under --log-format json. */
+static void say(const char *text) {
+  fflush(stdout);
+  if (log_is_json()) log_write(LOG_ERROR, text);
+  else fprintf(stderr, "amqp-delegate: %s\n", text);
+}
+
 int fail(int status, const char *format, ...) {
   char message[2048], redacted[2048];
   va_list args;
@@ -53,9 +60,7 @@ int fail(int status, const char *format, ...) {
   vsnprintf(message, sizeof message, format, args);
   va_end(args);
   url_redact_text(message, redacted, sizeof redacted);
-  fflush(stdout);
-  if (log_is_json()) log_write(LOG_ERROR, redacted);
-  else fprintf(stderr, "amqp-delegate: %s\n", redacted);
+  say(redacted);
   return status;
 }
 
@@ -74,8 +79,8 @@ void connection_hint(const struct options *options, const char *code, const char
   if (strcmp(code, ERR_CONNECTION_FAILED) != 0 || options->url ||
       (from_environment && *from_environment) || !strstr(message, "localhost"))
     return;
-  fail(0, "nothing answers at amqp://localhost (the default URL): start RabbitMQ there, or point "
-          "at a broker with --url URL or AMQP_URL=amqp://user:password@host:5672/vhost");
+  say("nothing answers at amqp://localhost (the default URL): start RabbitMQ there, or point at "
+      "a broker with --url URL or AMQP_URL=amqp://user:password@host:5672/vhost");
 }
 
 /* ---- suggestions ---- */

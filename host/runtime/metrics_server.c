@@ -14,7 +14,7 @@
 #include "metrics.h"
 #include "metrics_text.h"
 
-struct connection;
+struct http_connection;
 
 struct metrics_server {
   struct runtime *runtime;
@@ -23,12 +23,12 @@ struct metrics_server {
   int closing;
   int open_handles; /* the listener and every connection: the memory goes at 0 */
   int connections;
-  struct connection *first;
+  struct http_connection *first;
 };
 
-struct connection {
+struct http_connection {
   struct metrics_server *server;
-  struct connection *previous, *next;
+  struct http_connection *previous, *next;
   uv_tcp_t tcp;
   uv_timer_t deadline;
   uv_write_t write;
@@ -107,7 +107,7 @@ static void server_handle_gone(struct metrics_server *server) {
 }
 
 static void connection_handle_closed(uv_handle_t *handle) {
-  struct connection *connection = handle->data;
+  struct http_connection *connection = handle->data;
   if (--connection->handles_open > 0) return;
   struct metrics_server *server = connection->server;
   if (connection->previous) connection->previous->next = connection->next;
@@ -119,7 +119,7 @@ static void connection_handle_closed(uv_handle_t *handle) {
   server_handle_gone(server);
 }
 
-static void connection_close(struct connection *connection) {
+static void connection_close(struct http_connection *connection) {
   if (connection->closing) return;
   connection->closing = 1;
   uv_close((uv_handle_t *)&connection->tcp, connection_handle_closed);
@@ -131,7 +131,7 @@ static void listener_closed(uv_handle_t *handle) { server_handle_gone(handle->da
 void metrics_server_close(struct metrics_server *server) {
   if (!server || server->closing) return;
   server->closing = 1;
-  for (struct connection *c = server->first; c; c = c->next) connection_close(c);
+  for (struct http_connection *c = server->first; c; c = c->next) connection_close(c);
   uv_close((uv_handle_t *)&server->listener, listener_closed);
 }
 
@@ -146,7 +146,7 @@ static void on_shutdown(uv_shutdown_t *request, int status) {
 }
 
 static void on_written(uv_write_t *request, int status) {
-  struct connection *connection = request->data;
+  struct http_connection *connection = request->data;
   connection->writing = 0;
   if (connection->closing) return;
   if (status < 0 || connection->peer_done || uv_shutdown(&connection->shutdown, (uv_stream_t *)&connection->tcp,
@@ -156,7 +156,7 @@ static void on_written(uv_write_t *request, int status) {
 
 /* Sends the status line, the headers and (unless HEAD) the body, then waits
  * for the client to close, at most METRICS_LINGER_MS. */
-static void answer(struct connection *connection, int status, const char *reason,
+static void answer(struct http_connection *connection, int status, const char *reason,
                    const char *content_type, const char *extra_headers, int with_body) {
   connection->answered = 1;
   int length = snprintf(connection->head, sizeof connection->head,
@@ -175,7 +175,7 @@ static void answer(struct connection *connection, int status, const char *reason
   }
 }
 
-static void answer_text(struct connection *connection, int status, const char *reason,
+static void answer_text(struct http_connection *connection, int status, const char *reason,
                         const char *text, const char *extra_headers, int with_body) {
   byte_buffer_reset(&connection->body);
   if (byte_buffer_append(&connection->body, text, strlen(text)) != 0 ||
@@ -186,7 +186,7 @@ static void answer_text(struct connection *connection, int status, const char *r
   answer(connection, status, reason, "text/plain; charset=utf-8", extra_headers, with_body);
 }
 
-static void answer_metrics(struct connection *connection, int with_body) {
+static void answer_metrics(struct http_connection *connection, int with_body) {
   byte_buffer_reset(&connection->body);
   if (metrics_write(connection->server->runtime, &connection->body) != 0) {
     answer_text(connection, 500, "Internal Server Error", "out of memory", "", with_body);
@@ -195,7 +195,7 @@ static void answer_metrics(struct connection *connection, int with_body) {
   answer(connection, 200, "OK", METRICS_CONTENT_TYPE, "", with_body);
 }
 
-static void answer_health(struct connection *connection, int with_body) {
+static void answer_health(struct http_connection *connection, int with_body) {
   char line[400];
   int healthy = metrics_health(connection->server->runtime, line, sizeof line);
   answer_text(connection, healthy ? 200 : 503, healthy ? "OK" : "Service Unavailable", line,
@@ -203,7 +203,7 @@ static void answer_health(struct connection *connection, int with_body) {
 }
 
 /* The request line of a whole request: METHOD SP TARGET SP HTTP/1.x. */
-static void route(struct connection *connection, char *line) {
+static void route(struct http_connection *connection, char *line) {
   char *method = line, *target = strchr(line, ' ');
   char *version = target ? strchr(target + 1, ' ') : NULL;
   if (!target || !version || strchr(version + 1, ' ') || target + 1 == version) {
@@ -234,7 +234,7 @@ static void route(struct connection *connection, char *line) {
 
 /* Answers once the headers are complete (a blank line); a request that
  * fills the buffer first is refused. */
-static void look_at_request(struct connection *connection) {
+static void look_at_request(struct http_connection *connection) {
   char *request = connection->request;
   size_t used = connection->used;
   if (memchr(request, '\0', used)) {
@@ -265,7 +265,7 @@ static char dropped[4096];
 
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buffer) {
   (void)suggested;
-  struct connection *connection = handle->data;
+  struct http_connection *connection = handle->data;
   if (connection->answered) *buffer = uv_buf_init(dropped, sizeof dropped);
   else
     *buffer = uv_buf_init(connection->request + connection->used,
@@ -274,7 +274,7 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buffer) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buffer) {
   (void)buffer;
-  struct connection *connection = stream->data;
+  struct http_connection *connection = stream->data;
   if (connection->closing) return;
   /* The client closed its side (EOF: the answer may still go out, then
    * on_written closes), or the connection failed: then it closes at once,
@@ -294,8 +294,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buffer) 
 /* Over the bound, the oldest connection still silent goes: clients that
  * connect and never speak cannot keep a scraper out for long. */
 static void make_room(struct metrics_server *server) {
-  struct connection *oldest = NULL;
-  for (struct connection *c = server->first; c; c = c->next)
+  struct http_connection *oldest = NULL;
+  for (struct http_connection *c = server->first; c; c = c->next)
     if (!c->answered && !c->closing) oldest = c; /* newest first: the last one is the oldest */
   log_line(LOG_DEBUG, "metrics: over %d connections at once: the oldest silent one closed",
            METRICS_MAX_CONNECTIONS);
@@ -305,7 +305,7 @@ static void make_room(struct metrics_server *server) {
 static void on_connection(uv_stream_t *listener, int status) {
   struct metrics_server *server = listener->data;
   if (status < 0 || server->closing) return;
-  struct connection *connection = calloc(1, sizeof *connection);
+  struct http_connection *connection = calloc(1, sizeof *connection);
   if (!connection) return; /* out of memory: it waits in the backlog */
   connection->server = server;
   uv_tcp_init(listener->loop, &connection->tcp);
