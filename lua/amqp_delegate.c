@@ -13,6 +13,7 @@
 #include "json.h"
 #include "lifecycle.h"
 #include "log.h"
+#include "metrics.h"
 #include "pretty.h"
 #include "runtime.h"
 #include "call_context.h"
@@ -375,6 +376,10 @@ static int worker_stats_method(lua_State *L) {
   }
   lua_pushinteger(L, worker->in_flight);
   lua_setfield(L, -2, "in_flight");
+  lua_pushinteger(L, (lua_Integer)worker->redelivered);
+  lua_setfield(L, -2, "redelivered");
+  lua_pushinteger(L, (lua_Integer)worker->lifecycle.reconnections);
+  lua_setfield(L, -2, "reconnections");
   return 1;
 }
 
@@ -551,6 +556,8 @@ static int delegator_stats_method(lua_State *L) {
   }
   lua_pushinteger(L, (lua_Integer)delegator->in_flight);
   lua_setfield(L, -2, "in_flight");
+  lua_pushinteger(L, (lua_Integer)delegator->lifecycle.reconnections);
+  lua_setfield(L, -2, "reconnections");
   return 1;
 }
 
@@ -711,11 +718,41 @@ static int set_log_level(lua_State *L) {
   return 0;
 }
 
+static int set_log_format(lua_State *L) {
+  int format = log_format_from_name(luaL_checkstring(L, 1));
+  if (format < 0) return bad_argument(L, "%s", "log format must be text or json");
+  log_set_format((enum log_format)format);
+  return 0;
+}
+
+static int push_buffer(lua_State *L) {
+  const byte_buffer *text = lua_touserdata(L, 1);
+  lua_pushlstring(L, text->data ? text->data : "", text->length);
+  return 1;
+}
+
+/* The Prometheus text of this state's workers and delegators (what run
+ * --metrics serves), for a program that serves it its own way. The copy
+ * into a Lua string is protected, so that the buffer is freed if it fails. */
+static int metrics_function(lua_State *L) {
+  struct runtime *runtime = runtime_get(L);
+  byte_buffer text;
+  byte_buffer_init(&text);
+  int status = metrics_write(runtime, &text);
+  lua_pushcfunction(L, push_buffer);
+  lua_pushlightuserdata(L, &text);
+  if (status == 0) status = lua_pcall(L, 1, 1, 0);
+  byte_buffer_free(&text);
+  if (status < 0) return luaL_error(L, "out of memory");
+  if (status != LUA_OK) return lua_error(L);
+  return 1;
+}
+
 static const luaL_Reg module_functions[] = {
     {"worker", new_worker}, {"delegator", new_delegator}, {"serve", serve},
     {"sleep", sleep_function}, {"context", context_function}, {"array", array}, {"object", object},
     {"encode", encode}, {"decode", decode}, {"set_log_level", set_log_level},
-    {"pretty", pretty_lua},
+    {"pretty", pretty_lua}, {"set_log_format", set_log_format}, {"metrics", metrics_function},
     {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethods,

@@ -29,7 +29,8 @@ enum {
   OPTION_EVAL = 256u, /* shell -e CODE */
   OPTION_HELP = 512u,
   OPTION_VERSION = 1024u,
-  OPTION_WAIT_FOR_BROKER = 2048u /* run --wait-for-broker SECONDS */
+  OPTION_WAIT_FOR_BROKER = 2048u, /* run --wait-for-broker SECONDS */
+  OPTION_METRICS = 4096u          /* run --metrics ADDRESS:PORT */
 };
 
 #define OPTIONS_MAX_EVAL 16
@@ -42,6 +43,7 @@ struct options {
   int log_level;          /* enum log_level, or -1: not given */
   const char *queue_type; /* NULL: not given */
   const char *wait_for_broker; /* seconds as given (checked), NULL: not given */
+  const char *metrics;         /* ADDRESS:PORT as given (checked), NULL: not given */
   const char *ca_file, *cert_file, *key_file; /* NULL: not given */
   const char *eval[OPTIONS_MAX_EVAL];         /* shell -e CODE, in order */
   int eval_count;

@@ -11,8 +11,9 @@
   "       exit(), or ran -e CODE and FILE without an error; status: every name is served\n"  \
   "  1    failed: the task raised (TASK_FAILED or its own code), nobody serves the worker\n"  \
   "       (NO_ROUTE, NO_WORKER), a broker refusal; run: a FILE does not load or serves\n"     \
-  "       nothing, a worker cannot start, every worker stopped because it could not go on;\n" \
-  "       shell: -e CODE or FILE raised a Lua error; status: a name has no worker\n"         \
+  "       nothing, a worker cannot start, every worker stopped because it could not go on,\n" \
+  "       the --metrics address cannot be listened on; shell: -e CODE or FILE raised a Lua\n" \
+  "       error; status: a name has no worker\n"                                             \
   "  2    usage: unknown command or option, bad value, an ARG that is not JSON, BAD_URL,\n"    \
   "       BAD_ARGUMENT\n"                                                                     \
   "  3    connection: CONNECTION_FAILED, AUTH_FAILED, NOT_ALLOWED, CONNECTION_LOST,\n"        \
@@ -26,7 +27,9 @@
   "                       it or separate URLs with commas for a list of brokers\n"
 #define LOG_HELP                                                                       \
   "  -l, --log-level LEVEL\n"                                                          \
-  "                       debug, info, warn, error or off (default %s)\n"
+  "                       debug, info, warn, error or off (default %s)\n"             \
+  "  --log-format FORMAT  text, or json: one JSON object a line (time, level, message)\n" \
+  "                       (default text, or $AMQP_DELEGATE_LOG_FORMAT)\n"
 #define TLS_HELP                                                                         \
   "  --ca-file FILE       for amqps:// URLs: the CA that signed the broker's certificate\n" \
   "                       (default: the system's CAs)\n"                                \

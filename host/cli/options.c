@@ -20,6 +20,7 @@
 #include "errors.h"
 #include "help.h"
 #include "log.h"
+#include "metrics_server.h"
 #include "url.h"
 #include "version.h"
 
@@ -46,6 +47,13 @@ const char top_usage[] =
 
 /* ---- messages ---- */
 
+/* "amqp-delegate: text" on standard error, or a JSON log line under --log-format json. */
+static void say(const char *text) {
+  fflush(stdout);
+  if (log_is_json()) log_write(LOG_ERROR, text);
+  else fprintf(stderr, "amqp-delegate: %s\n", text);
+}
+
 int fail(int status, const char *format, ...) {
   char message[2048], redacted[2048];
   va_list args;
@@ -53,8 +61,7 @@ int fail(int status, const char *format, ...) {
   vsnprintf(message, sizeof message, format, args);
   va_end(args);
   url_redact_text(message, redacted, sizeof redacted);
-  fflush(stdout);
-  fprintf(stderr, "amqp-delegate: %s\n", redacted);
+  say(redacted);
   return status;
 }
 
@@ -73,9 +80,8 @@ void connection_hint(const struct options *options, const char *code, const char
   if (strcmp(code, ERR_CONNECTION_FAILED) != 0 || options->url ||
       (from_environment && *from_environment) || !strstr(message, "localhost"))
     return;
-  fprintf(stderr, "amqp-delegate: nothing answers at amqp://localhost (the default URL): start "
-                  "RabbitMQ there, or point at a broker with --url URL or "
-                  "AMQP_URL=amqp://user:password@host:5672/vhost\n");
+  say("nothing answers at amqp://localhost (the default URL): start RabbitMQ there, or point at "
+      "a broker with --url URL or AMQP_URL=amqp://user:password@host:5672/vhost");
 }
 
 /* ---- suggestions ---- */
@@ -147,6 +153,8 @@ static const struct option_spec option_specs[] = {
     {"raw", 'r', OPTION_RAW, 0},
     {"eval", 'e', OPTION_EVAL, 1},
     {"log-level", 'l', OPTION_LOG_LEVEL, 1},
+    {"log-format", 0, OPTION_LOG_LEVEL, 1}, /* wherever --log-level is */
+    {"metrics", 0, OPTION_METRICS, 1},
     {"ca-file", 0, OPTION_TLS, 1},
     {"cert-file", 0, OPTION_TLS, 1},
     {"key-file", 0, OPTION_TLS, 1},
@@ -263,12 +271,27 @@ static int take_value(const struct option_spec *spec, char *value, struct option
       return fail(EXIT_USAGE, "--queue-type takes classic or quorum, not '%.40s'", value);
     options->queue_type = value;
     return 0;
+  case OPTION_METRICS: {
+    struct metrics_address address;
+    char problem[200];
+    if (metrics_address_parse(value, &address, problem, sizeof problem) != 0)
+      return fail(EXIT_USAGE, "--metrics %s", problem);
+    options->metrics = value;
+    return 0;
+  }
   case OPTION_EVAL:
     if (options->eval_count == OPTIONS_MAX_EVAL)
       return fail(EXIT_USAGE, "-e: at most %d of them", OPTIONS_MAX_EVAL);
     options->eval[options->eval_count++] = value;
     return 0;
-  default: { /* OPTION_LOG_LEVEL */
+  default: { /* OPTION_LOG_LEVEL: --log-level or --log-format */
+    if (strcmp(spec->name, "log-format") == 0) {
+      int format = log_format_from_name(value);
+      if (format < 0)
+        return fail(EXIT_USAGE, "--log-format takes text or json, not '%.40s'", value);
+      log_set_format((enum log_format)format);
+      return 0;
+    }
     int level = log_level_from_name(value);
     if (level < 0)
       return fail(EXIT_USAGE, "--log-level takes debug, info, warn, error or off, not '%.40s'",

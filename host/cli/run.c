@@ -15,6 +15,7 @@
 #include "errors.h"
 #include "help.h"
 #include "log.h"
+#include "metrics_server.h"
 #include "runtime.h"
 
 #define RUN_WAIT_FOR_BROKER "60" /* seconds */
@@ -41,6 +42,11 @@ static const char run_usage[] =
     "  -w, --wait-for-broker SECONDS\n"
     "                       keep trying to reach the broker at start this long, logged\n"
     "                       (default " RUN_WAIT_FOR_BROKER " s, or $AMQP_DELEGATE_WAIT_FOR_BROKER; 0: fail at once)\n"
+    "  --metrics ADDRESS:PORT\n"
+    "                       serve Prometheus metrics at http://ADDRESS:PORT/metrics and a\n"
+    "                       health check at /health (200 serving, 503 not connected or\n"
+    "                       stopping); ADDRESS is numeric, [IPv6], localhost, or empty for\n"
+    "                       every IPv4 interface (:9100); port 0 picks a free one (logged)\n"
     LOG_HELP
     HELP_VERSION_HELP
     OPTIONS_ANYWHERE_HELP
@@ -146,6 +152,37 @@ static int start_failure(lua_State *L, int k) {
   return failure(L, lua_tostring(L, -3), error.code, text);
 }
 
+#define METRICS_SERVER_KEY "amqp_delegate.metrics_server"
+
+/* The server belongs to the Lua state: a finalizer closes it at lua_close,
+ * before the runtime's (the first object made, so the last finalized) runs
+ * the loop that lets its memory go. */
+static int metrics_server_gc(lua_State *L) {
+  struct metrics_server **server = lua_touserdata(L, 1);
+  metrics_server_close(*server);
+  *server = NULL;
+  return 0;
+}
+
+/* --metrics: listens before any file loads, so that a host waiting for its
+ * broker already answers /health (503). Returns 0, or -1 with error set. */
+static int serve_metrics(lua_State *L, const char *text, struct ad_error *error) {
+  struct metrics_address address;
+  if (metrics_address_parse(text, &address, error->message, sizeof error->message) != 0) {
+    snprintf(error->code, sizeof error->code, "%s", ERR_BAD_ARGUMENT);
+    return -1;
+  }
+  struct metrics_server **slot = lua_newuserdatauv(L, sizeof *slot, 0);
+  *slot = NULL;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, metrics_server_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, METRICS_SERVER_KEY);
+  *slot = metrics_server_start(runtime_get(L), &address, error);
+  return *slot ? 0 : -1;
+}
+
 /* Every file is loaded and every worker created before any starts: a file
  * with an error means nothing is served. Returns nothing once served by
  * SIGTERM, else (exit status, message or nil, error code or nil). */
@@ -155,6 +192,12 @@ static int run(lua_State *L) {
   lua_settop(L, 0);
   luaL_requiref(L, "amqp_delegate", luaopen_amqp_delegate, 0); /* MODULE */
   lua_newtable(L);                                               /* ORIGINS */
+  struct ad_error metrics_error;
+  if (options->metrics && serve_metrics(L, options->metrics, &metrics_error) != 0) {
+    lua_pushinteger(L, EXIT_FAILED);
+    lua_pushfstring(L, "--metrics %s: %s", options->metrics, metrics_error.message);
+    return 2;
+  }
   for (int i = 0; i < options->rest_count; i++) {
     const char *file = options->rest[i];
     luaL_checkstack(L, 8, "too many workers");
@@ -201,7 +244,7 @@ int command_run(int argc, char **argv, int command) {
   struct options options;
   int status = parse_options(argc, argv, command,
                              OPTION_URL | OPTION_CONCURRENCY | OPTION_LOG_LEVEL | OPTION_TLS |
-                                 OPTION_QUEUE_TYPE | OPTION_WAIT_FOR_BROKER,
+                                 OPTION_QUEUE_TYPE | OPTION_WAIT_FOR_BROKER | OPTION_METRICS,
                              run_usage, RUN_LOG_LEVEL, &options);
   if (status) return status < 0 ? EXIT_OK : status;
   if (options.rest_count == 0)

@@ -34,6 +34,20 @@ void lifecycle_init(struct lifecycle *lifecycle, struct runtime *runtime,
   lifecycle->delay = FIRST_DELAY;
   lifecycle->service.stop = stop_service;
   job_init(&lifecycle->hooks_job, run_hooks);
+  lifecycle->registered_next = runtime->lifecycles;
+  if (runtime->lifecycles) runtime->lifecycles->registered_previous = lifecycle;
+  runtime->lifecycles = lifecycle;
+}
+
+static void unregister(struct lifecycle *lifecycle) {
+  struct runtime *runtime = lifecycle->runtime;
+  if (lifecycle->registered_previous)
+    lifecycle->registered_previous->registered_next = lifecycle->registered_next;
+  else if (runtime->lifecycles == lifecycle)
+    runtime->lifecycles = lifecycle->registered_next;
+  if (lifecycle->registered_next)
+    lifecycle->registered_next->registered_previous = lifecycle->registered_previous;
+  lifecycle->registered_previous = lifecycle->registered_next = NULL;
 }
 
 const char *lifecycle_state_name(const struct lifecycle *lifecycle, const char *ready) {
@@ -294,6 +308,7 @@ static void become_ready(struct lifecycle *lifecycle) {
   if (lifecycle->first_start) {
     end_start(lifecycle, NULL);
   } else {
+    lifecycle->reconnections++;
     log_line(LOG_INFO, "%s: reconnected to %s after %u attempt(s)", lifecycle->label,
              channel_endpoint(lifecycle->channel), lifecycle->attempts);
   }
@@ -528,6 +543,7 @@ void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L) {
 }
 
 void lifecycle_release(struct lifecycle *lifecycle) {
+  unregister(lifecycle);
   url_list_free(&lifecycle->brokers);
   if (lifecycle->channel) channel_release(lifecycle->channel);
   lifecycle->channel = NULL;

@@ -92,7 +92,9 @@ struct lifecycle {
   struct ad_error hook_error;
   struct ad_error last_logged; /* a failing reconnect logs each new error once */
   struct service service;
-  int is_service; /* workers: serve() waits for them */
+  int is_service; /* workers: serve() waits for them; delegators are not services */
+  unsigned long reconnections; /* channels regained after a loss (metrics) */
+  struct lifecycle *registered_previous, *registered_next; /* runtime->lifecycles */
 };
 
 void lifecycle_init(struct lifecycle *lifecycle, struct runtime *runtime,

@@ -20,6 +20,7 @@
 struct fiber;
 struct call_context;
 struct runtime;
+struct lifecycle;
 
 /* Work for the loop's one place: queued from anywhere, run in order. */
 struct job {
@@ -86,6 +87,7 @@ struct runtime {
   int spare_count;
   struct keepalive keepalive;
   struct fiber *running_fiber; /* whose Lua code runs now (coroutines of a task too) */
+  struct lifecycle *lifecycles; /* every worker and delegator not yet collected (metrics) */
 };
 
 /* Creates the runtime of L's state if it does not exist yet (idempotent). */

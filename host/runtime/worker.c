@@ -29,6 +29,7 @@ struct task_context {
   int64_t late_ms;    /* read this long after its deadline: answered TIMEOUT, not run */
   long previous_deliveries;
   size_t oversized;   /* the request's size when over the limit (body dropped) */
+  uint64_t started_ns; /* uv_hrtime() when its task started */
   struct call_context call; /* its pointers are set once it is in its fiber */
   struct task_context *running_previous, *running_next; /* once running */
   size_t body_length, headers_length;
@@ -253,6 +254,7 @@ static void task_finished(struct fiber *fiber, int status) {
   if (!context->failed) check_reply_size(context);
   send_reply(context);
   worker->served++;
+  duration_histogram_observe(&worker->durations, uv_hrtime() - context->started_ns);
   request_done(worker);
 }
 
@@ -303,6 +305,7 @@ static int start_task(lua_State *L) {
   fiber->name = worker->name;
   struct task_context *context = fiber_context(fiber);
   memcpy(context, request, size);
+  context->started_ns = uv_hrtime();
   context->call.worker = worker->name;
   context->call.correlation_id = &context->correlation_id;
   context->call.headers = context->body + context->body_length;
@@ -459,9 +462,9 @@ static void on_request(void *owner, const struct message *message) {
   if (unanswerable(worker, message)) return;
   int64_t deadline = request_deadline(message->headers, message->headers_length);
   int64_t late = deadline ? wall_clock_ms() - deadline : 0;
-  if ((message->redelivered || message->delivery_count > 0) &&
-      (join_running(worker, message) || answer_from_cache(worker, message)))
-    return;
+  int again = message->redelivered || message->delivery_count > 0;
+  worker->redelivered += again;
+  if (again && (join_running(worker, message) || answer_from_cache(worker, message))) return;
   size_t kept = message->body_too_large || late > 0 ? 0 : message->body_length;
   struct task_context *request = malloc(sizeof *request + kept + message->headers_length);
   if (!request) {

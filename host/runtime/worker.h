@@ -10,6 +10,7 @@
 #include "byte_buffer.h"
 #include "connection.h"
 #include "lifecycle.h"
+#include "metrics_text.h"
 #include "result_cache.h"
 #include "runtime.h"
 
@@ -70,6 +71,8 @@ struct worker {
   byte_buffer reply;
   struct result_cache results; /* replies sent lately: a redelivery is answered again */
   unsigned long served, failed, refused_over_limit, expired, answered_from_cache;
+  unsigned long redelivered;            /* deliveries flagged redelivered (metrics) */
+  struct duration_histogram durations;  /* the tasks that ran, start to answer */
 };
 
 void worker_init(struct worker *worker, struct runtime *runtime);
