@@ -95,12 +95,15 @@ w:stop() d:stop()
   it("worker:stop() returns within a bound while its last reply is held by a memory alarm", function()
     local name = unique("review_stop_alarm")
     defer(function() pcall(broker.ctl, "delete_queue", name) end)
-    local flag = os.tmpname()
+    local flag, alarm_on = os.tmpname(), os.tmpname()
     os.remove(flag)
+    os.remove(alarm_on)
     local process = spawn_lua([[
-local name, flag = arg[2], arg[3]
+local name, flag, alarm_on = arg[2], arg[3], arg[4]
+-- the task ends once the alarm is on (a fixed sleep raced with a slow rabbitmqctl)
 local w = delegate.worker{url = URL, name = name, task = function()
-  delegate.sleep(4) print("finished") io.stdout:flush() return 1 end}
+  while not io.open(alarm_on) do delegate.sleep(0.05) end
+  print("finished") io.stdout:flush() return 1 end}
 w:start()
 local d = delegate.delegator{url = URL, timeout = 120}
 d:start()
@@ -111,14 +114,16 @@ local t0 = os.time()
 w:stop()
 print("stopped after " .. (os.time() - t0)) io.stdout:flush()
 d:stop()
-]], name, flag)
+]], name, flag, alarm_on)
     defer(function()
       os.remove(flag)
+      os.remove(alarm_on)
       process:kill()
       set_memory_alarm(false)
     end)
     assert(process:wait_for("sent\n", 10 * slow, true), process:output())
     set_memory_alarm(true)
+    assert(io.open(alarm_on, "w")):close()
     -- the task finishes while the broker blocks publishing: its reply is held
     assert(process:wait_for("finished\n", 10 * slow, true), process:output())
     assert.truthy(process:output():find("blocks publishing", 1, true), process:output())
