@@ -535,6 +535,8 @@ static int delegator_stats_method(lua_State *L) {
   }
   lua_pushinteger(L, (lua_Integer)delegator->in_flight);
   lua_setfield(L, -2, "in_flight");
+  lua_pushinteger(L, (lua_Integer)delegator->pending.count); /* sent, awaiting a reply */
+  lua_setfield(L, -2, "pending");
   return 1;
 }
 
@@ -694,11 +696,23 @@ static int set_log_level(lua_State *L) {
   return 0;
 }
 
+/* delegate.transport_stats(): what the batched writes did (frames, writes). */
+static int transport_stats(lua_State *L) {
+  unsigned long frames, writes;
+  transport_write_counts(&frames, &writes);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)frames);
+  lua_setfield(L, -2, "frames");
+  lua_pushinteger(L, (lua_Integer)writes);
+  lua_setfield(L, -2, "writes");
+  return 1;
+}
+
 static const luaL_Reg module_functions[] = {
     {"worker", new_worker}, {"delegator", new_delegator}, {"serve", serve},
     {"sleep", sleep_function}, {"context", context_function}, {"array", array}, {"object", object},
     {"encode", encode}, {"decode", decode}, {"set_log_level", set_log_level},
-    {"pretty", pretty_lua},
+    {"pretty", pretty_lua}, {"transport_stats", transport_stats},
     {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethods,

@@ -24,6 +24,7 @@
 #include "header_list.h"
 #include "log.h"
 #include "tcp_connect.h"
+#include "write_batch.h"
 
 #define CHANNEL_LIMIT 2047   /* RabbitMQ's default channel_max */
 #define CLOSE_GRACE_MS 1000  /* how long a polite close waits for close-ok */
@@ -115,12 +116,20 @@ struct connection {
   struct ad_error loss;
   struct handshake *handshake; /* while on its thread */
   uint64_t keepalive_sent_ms;  /* the last heartbeat transport_keepalive sent */
+  struct write_batch writes;   /* frames written together (plain TCP only) */
+  int watching_writable;       /* a flush left bytes: the poll waits for room too */
   struct connection *next; /* in the pool */
 };
 
 /* Every connection not yet freed, of every loop (a process normally has
  * one loop); only those connecting or open are shared. */
 static struct connection *pool;
+
+/* > 0 while the loop does a batch of work (frames read, jobs run): what the
+ * connections send meanwhile is written when it ends (transport.h). */
+static int writes_held;
+/* frames and writes of the connections already freed (transport_write_counts) */
+static unsigned long frames_before, writes_before;
 
 void short_string_set(struct short_string *target, const void *bytes, size_t length) {
   if (length >= SHORT_STRING_MAX) length = SHORT_STRING_MAX - 1;
@@ -235,8 +244,12 @@ static void connection_destroy(struct connection *connection) {
   pool_remove(connection);
   while (connection->channels) channel_free(connection->channels);
   if (connection->handles_ready) uv_poll_stop(&connection->poll); /* before the socket closes */
+  write_batch_flush(&connection->writes); /* a polite close still leaves: best effort */
   if (connection->amqp) amqp_destroy_connection(connection->amqp);
   connection->amqp = NULL;
+  frames_before += connection->writes.frames;
+  writes_before += connection->writes.writes;
+  write_batch_free(&connection->writes); /* rabbitmq-c's socket pointed into it */
   connection->state = CONNECTION_DEAD;
   if (!connection->handles_ready) {
     free(connection);
@@ -965,6 +978,60 @@ static int assembling(const struct connection *connection, amqp_channel_t number
   return channel && channel->stage != STAGE_IDLE;
 }
 
+/* ---- writing: the frames of a batch of work leave together ---- */
+
+static void on_readable(uv_poll_t *poll, int status, int events);
+
+/* A flush left bytes (the broker reads slower than we write): write the
+ * rest once the socket is writable. */
+static void on_writes_full(void *owner) {
+  struct connection *connection = owner;
+  if (connection->handles_ready && connection->state != CONNECTION_DEAD &&
+      !connection->watching_writable) {
+    connection->watching_writable = 1;
+    uv_poll_start(&connection->poll, UV_READABLE | UV_WRITABLE, on_readable);
+  }
+}
+
+static void flush_writes(struct connection *connection) {
+  if (connection->state == CONNECTION_DEAD || connection->state == CONNECTION_CONNECTING)
+    return;
+  if (write_batch_pending(&connection->writes) && write_batch_flush(&connection->writes) < 0) {
+    struct ad_error error;
+    error_set(&error, ERR_CONNECTION_LOST, "%s: writing: the connection failed",
+              connection->endpoint);
+    connection_lost(connection, &error);
+    return;
+  }
+  if (connection->watching_writable && !write_batch_pending(&connection->writes)) {
+    connection->watching_writable = 0;
+    uv_poll_start(&connection->poll, UV_READABLE, on_readable);
+  }
+}
+
+void transport_hold_writes(void) { writes_held++; }
+
+void transport_flush_writes(void) {
+  struct connection *next;
+  for (struct connection *c = pool; c; c = next) {
+    next = c->next; /* a failed write may end c */
+    flush_writes(c);
+  }
+}
+
+void transport_write_counts(unsigned long *frames, unsigned long *writes) {
+  *frames = frames_before;
+  *writes = writes_before;
+  for (struct connection *c = pool; c; c = c->next) {
+    *frames += c->writes.frames;
+    *writes += c->writes.writes;
+  }
+}
+
+void transport_release_writes(void) {
+  if (writes_held > 0 && --writes_held == 0) transport_flush_writes();
+}
+
 /* Reads every frame rabbitmq-c can give without blocking. The first read
  * always happens (it also sends and checks heartbeats); later ones only while
  * rabbitmq-c holds buffered data: asking the socket again would cost a recv
@@ -973,6 +1040,7 @@ static int assembling(const struct connection *connection, amqp_channel_t number
 static void drain(struct connection *connection) {
   struct ad_error error;
   connection->draining = 1;
+  transport_hold_writes(); /* the acks and replies of every frame read leave together */
   int first = 1;
   while ((connection->state == CONNECTION_OPEN || connection->state == CONNECTION_CLOSING) &&
          !connection->destroy_requested &&
@@ -997,16 +1065,18 @@ static void drain(struct connection *connection) {
     if (connection->amqp && !assembling(connection, frame.channel))
       amqp_maybe_release_buffers_on_channel(connection->amqp, frame.channel);
   }
+  transport_release_writes();
   connection->draining = 0;
   if (connection->destroy_requested) connection_destroy(connection);
 }
 
 /* libuv reports a socket error (POLLERR, e.g. a reset) as a negative status;
- * reading lets rabbitmq-c say what really happened. */
+ * reading lets rabbitmq-c say what really happened. Writable: the socket
+ * has room again for what a flush left. */
 static void on_readable(uv_poll_t *poll, int status, int events) {
-  (void)events;
   struct connection *connection = poll->data;
-  drain(connection);
+  if (status == 0 && (events & UV_WRITABLE)) flush_writes(connection);
+  if (status < 0 || (events & UV_READABLE)) drain(connection);
   if (status < 0 && connection->state == CONNECTION_OPEN && !connection->destroy_requested) {
     struct ad_error error;
     error_set(&error, ERR_CONNECTION_LOST, "%s: the connection failed (socket error)",
@@ -1056,6 +1126,9 @@ int transport_keepalive(uv_loop_t *loop, uint64_t now_ms) {
     /* a failure shows at the next read, from the loop: nothing is torn down here */
     amqp_send_frame(c->amqp, &frame);
   }
+  /* Lua holds the loop, maybe inside a batch of jobs: the heartbeat, and
+   * what the jobs before this one sent, leave now */
+  transport_flush_writes();
   return shortest;
 }
 
@@ -1224,6 +1297,9 @@ static void start_watching(struct connection *connection) {
   connection->poll.data = connection->heartbeat_timer.data = connection->drain_timer.data =
       connection->notify_timer.data = connection->close_timer.data = connection;
   connection->handles_ready = 1;
+  if (!connection->url.info.ssl) /* TLS: rabbitmq-c writes through OpenSSL, as it always did */
+    write_batch_attach(&connection->writes, connection->amqp, &writes_held, on_writes_full,
+                       connection);
   uv_poll_start(&connection->poll, UV_READABLE, on_readable);
   int heartbeat = amqp_get_heartbeat(connection->amqp);
   if (heartbeat > 0) {
