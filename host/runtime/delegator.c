@@ -212,7 +212,8 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
   struct publish request = {call->worker, &call->correlation_id, delegator->reply_queue.bytes,
                             NULL, expiration[0] ? expiration : NULL,
                             call->body.data ? call->body.data : "", call->body.length, 1,
-                            call->serial, call->headers.data, call->headers.length};
+                            call->serial, call->headers.data, call->headers.length,
+                            call->deadline_ms ? HEADER_DEADLINE : NULL, call->deadline_ms};
   if (channel_publish(channel, &request, error) < 0) {
     pending_calls_remove(&delegator->pending, &call->link);
     return -1;
@@ -325,8 +326,7 @@ static int call_headers(struct delegator *delegator, struct call *call,
   if (call->timeout > 0) deadline = wall_clock_ms() + (int64_t)runtime_milliseconds(call->timeout);
   if (incoming && incoming->deadline_ms && (!deadline || incoming->deadline_ms < deadline))
     deadline = incoming->deadline_ms;
-  if (deadline && header_list_add_integer(&call->headers, HEADER_DEADLINE, deadline) != 0)
-    return -1;
+  call->deadline_ms = deadline; /* the transport writes it: no text, no allocation */
   if (options->headers_length &&
       byte_buffer_append(&call->headers, options->headers, options->headers_length) != 0)
     return -1;

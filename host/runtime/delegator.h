@@ -51,6 +51,7 @@ struct call {
   uint64_t resend_at;           /* loop time (ms) a returned request goes again; 0: now */
   int anchor;                   /* registry reference while in flight */
   uint64_t deadline;            /* loop time in ms; UINT64_MAX: none */
+  int64_t deadline_ms;          /* the x-deadline header: wall clock ms; 0: none */
   double timeout;
   struct fiber *fiber;          /* waiting fiber, or NULL */
   int failed;                   /* error holds why (NO_ROUTE, TIMEOUT...) */

@@ -105,6 +105,10 @@ struct publish {
   uint64_t token;      /* handed back by on_confirm */
   const char *headers; /* a header list (header_list.h), NULL for none */
   size_t headers_length;
+  /* One more header, first, from a number (the deadline): no text on the
+   * way. NULL for none; the key must outlive the publish (a literal). */
+  const char *number_key;
+  int64_t number_value;
 };
 
 /* What a queue declare asks for. */
