@@ -553,7 +553,7 @@ static int delegator_tostring(lua_State *L) {
 }
 
 static int call_gc(lua_State *L) {
-  call_release(luaL_checkudata(L, 1, CALL_MT));
+  call_release(luaL_checkudata(L, 1, CALL_MT), L);
   return 0;
 }
 
@@ -570,7 +570,7 @@ static int call_done_method(lua_State *L) {
 static int call_tostring(lua_State *L) {
   struct call *call = luaL_checkudata(L, 1, CALL_MT);
   lua_pushfstring(L, "amqp_delegate.call to '%s' (%s)", call->worker,
-                  !call->done ? "in flight" : call->failed ? call->error.code : "done");
+                  !call->done ? "in flight" : call->failed && call->error ? call->error->code : call->failed ? "failed" : "done");
   return 1;
 }
 

@@ -48,8 +48,9 @@ describe("batched writes", function()
     for i = 1, 64 do assert.are.equal(i + 1, calls[i]:wait()) end
     local frames_after, writes_after = counts()
     local sent_frames, made_writes = frames_after - frames, writes_after - writes
-    -- 64 requests and 64 replies of 3 frames and 64 acks: 448 frames
-    assert.is_true(sent_frames >= 448, "frames sent: " .. sent_frames)
+    -- 64 requests and 64 replies of 3 frames (and the acks, which follow the replies'
+    -- confirms: some may still be on their way)
+    assert.is_true(sent_frames >= 384, "frames sent: " .. sent_frames)
     -- each publish is one write at most; the replies and acks of a turn share theirs
     assert.is_true(made_writes * 2 <= sent_frames,
       ("%d writes for %d frames"):format(made_writes, sent_frames))
