@@ -56,6 +56,28 @@ describe("batched writes", function()
       ("%d writes for %d frames"):format(made_writes, sent_frames))
   end)
 
+  it("the acks due together go as one: fewer ack frames than requests", function()
+    local name = unique("batch_acks")
+    workers.serve({ name = name, concurrency = 64, task = function(a, b) return a + b end })
+    assert.are.equal(3, delegator:invoke(name, 1, 2))
+    delegate.sleep(0.2) -- that call's ack has gone
+    local frames = counts()
+    local calls = {}
+    for i = 1, 64 do calls[i] = delegator:send(name, i, 1) end
+    for i = 1, 64 do assert.are.equal(i + 1, calls[i]:wait()) end
+    -- the acks follow the replies' confirms: run the loop until the broker has them all
+    local unacked
+    for _ = 1, 100 do
+      unacked = (broker.queues()[name] or {}).unacked
+      if unacked == 0 then break end
+      delegate.sleep(0.05)
+    end
+    assert.are.equal(0, unacked, "every request acked")
+    -- 64 requests and 64 replies of 3 frames each; the rest are the acks
+    local ack_frames = counts() - frames - 384
+    assert.is_true(ack_frames >= 1 and ack_frames < 64, ack_frames .. " ack frames for 64 requests")
+  end)
+
   it("a task that runs long does not hold the reply of the task before it in its turn", function()
     local name = unique("batch_long")
     defer(function() pcall(broker.ctl, "delete_queue", name) end)

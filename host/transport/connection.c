@@ -18,6 +18,7 @@
 #include <amqp_tcp_socket.h>
 #include <openssl/crypto.h>
 
+#include "ack_window.h"
 #include "amqp_errors.h"
 #include "byte_buffer.h"
 #include "confirm_ring.h"
@@ -82,6 +83,8 @@ struct channel {
   struct held_publish *held_first, *held_last;
   int confirming; /* confirm.select-ok came: publishes go into unconfirmed */
   struct confirm_ring unconfirmed;
+  int manual_acks; /* consuming with acks: deliveries are tracked in acks */
+  struct ack_window acks;
   struct channel *next;
 };
 
@@ -226,6 +229,7 @@ static void channel_free(struct channel *channel) {
     connection->by_number[channel->number] = NULL;
   free_held(channel);
   confirm_ring_free(&channel->unconfirmed);
+  ack_window_free(&channel->acks);
   byte_buffer_free(&channel->body);
   byte_buffer_free(&channel->incoming_headers);
   free(channel);
@@ -412,6 +416,7 @@ int channel_consume(struct channel *channel, const struct short_string *queue, i
   consume.queue = short_bytes(queue);
   consume.consumer_tag = amqp_empty_bytes;
   consume.no_ack = (amqp_boolean_t)no_ack;
+  channel->manual_acks = !no_ack;
   consume.exclusive = (amqp_boolean_t)exclusive;
   consume.arguments = amqp_empty_table;
   return send_request(channel, AMQP_BASIC_CONSUME_METHOD, &consume,
@@ -633,11 +638,13 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
 }
 
 static int send_held(struct channel *channel, struct held_publish *held, struct ad_error *error) {
-  if (held->is_ack)
+  if (held->is_ack) {
+    ack_window_settled(&channel->acks, held->ack_tag);
     return send_status(channel->connection,
                        amqp_basic_ack(channel->connection->amqp, (amqp_channel_t)channel->number,
                                       held->ack_tag, 0),
                        "acknowledging", error);
+  }
   const char *routing_key = held->data;
   const char *reply_to = routing_key + held->routing_key_length + 1;
   const char *type = reply_to + held->reply_to_length + 1;
@@ -682,9 +689,14 @@ int channel_publish(struct channel *channel, const struct publish *publish,
   return publish_now(channel, publish, error);
 }
 
+/* Acks made in a batch of work wait for its end (send_due_acks): those due
+ * together go as one where they can. */
 int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
   if (require_open(channel, error) != 0) return -1;
   if (channel->held_first) return hold_ack(channel, delivery_tag, error);
+  if (writes_held > 0 && channel->manual_acks && ack_window_due(&channel->acks, delivery_tag) == 0)
+    return 0;
+  ack_window_settled(&channel->acks, delivery_tag);
   return send_status(channel->connection,
                      amqp_basic_ack(channel->connection->amqp, (amqp_channel_t)channel->number,
                                     delivery_tag, 0),
@@ -694,6 +706,7 @@ int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error 
 int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
                    struct ad_error *error) {
   if (require_open(channel, error) != 0) return -1;
+  ack_window_settled(&channel->acks, delivery_tag);
   return send_status(channel->connection,
                      amqp_basic_reject(channel->connection->amqp, (amqp_channel_t)channel->number,
                                        delivery_tag, requeue),
@@ -702,6 +715,7 @@ int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
 
 int channel_requeue(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
   if (require_open(channel, error) != 0) return -1;
+  ack_window_settled(&channel->acks, delivery_tag);
   return send_status(channel->connection,
                      amqp_basic_nack(channel->connection->amqp, (amqp_channel_t)channel->number,
                                      delivery_tag, 0, 1),
@@ -885,6 +899,7 @@ static int on_channel_method(struct channel *channel, const amqp_method_t *metho
       const amqp_basic_deliver_t *deliver = method->decoded;
       start_message(channel, 0);
       channel->incoming.delivery_tag = deliver->delivery_tag;
+      if (channel->manual_acks) ack_window_delivered(&channel->acks, deliver->delivery_tag);
       channel->incoming.redelivered = deliver->redelivered;
       return 0;
     }
@@ -1020,9 +1035,48 @@ static void on_writes_full(void *owner) {
   }
 }
 
+/* The acks due on the channel leave now (before anything that would end
+ * it, and at the end of each batch): one basic.ack with multiple for those
+ * every earlier delivery allows, one each for the others. */
+static void send_due_acks(struct channel *channel) {
+  struct ack_window *acks = &channel->acks;
+  if (!acks->due_count) return;
+  struct connection *connection = channel->connection;
+  if (channel->state != CHANNEL_OPEN || connection->state != CONNECTION_OPEN) {
+    acks->due_count = 0; /* the channel is gone: the broker gives them back */
+    return;
+  }
+  uint64_t up_to, *singles = malloc(acks->due_count * sizeof *singles);
+  size_t count = 0;
+  if (!singles) { /* one by one, in place */
+    for (size_t i = 0; i < acks->due_count; i++) ack_window_settled(acks, acks->due[i]);
+    singles = acks->due;
+    count = acks->due_count;
+    acks->due = NULL;
+    acks->due_count = acks->due_capacity = 0;
+    up_to = 0;
+  } else {
+    ack_window_take_due(acks, &up_to, singles, &count);
+  }
+  struct ad_error error;
+  writes_held++; /* they leave together */
+  int status = AMQP_STATUS_OK;
+  amqp_channel_t number = (amqp_channel_t)channel->number;
+  if (up_to) status = amqp_basic_ack(connection->amqp, number, up_to, 1);
+  for (size_t i = 0; i < count && status == AMQP_STATUS_OK; i++)
+    status = amqp_basic_ack(connection->amqp, number, singles[i], 0);
+  writes_held--;
+  free(singles);
+  send_status(connection, status, "acknowledging", &error);
+}
+
 static void flush_writes(struct connection *connection) {
   if (connection->state == CONNECTION_DEAD || connection->state == CONNECTION_CONNECTING)
     return;
+  for (struct channel *channel = connection->channels;
+       channel && connection->state == CONNECTION_OPEN; channel = channel->next)
+    send_due_acks(channel);
+  if (connection->state == CONNECTION_DEAD) return;
   if (write_batch_pending(&connection->writes) && write_batch_flush(&connection->writes) < 0) {
     struct ad_error error;
     error_set(&error, ERR_CONNECTION_LOST, "%s: writing: the connection failed",
@@ -1462,6 +1516,7 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
   channel->state = CHANNEL_WAITING;
   channel->max_body = options->max_body;
   confirm_ring_init(&channel->unconfirmed);
+  ack_window_init(&channel->acks);
   byte_buffer_init(&channel->body);
   byte_buffer_init(&channel->incoming_headers);
   channel->next = connection->channels;
@@ -1472,6 +1527,7 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
 
 void channel_release(struct channel *channel) {
   struct connection *connection = channel->connection;
+  send_due_acks(channel); /* before its channel.close (or the connection's close) */
   channel->released = 1;
   free_held(channel);
   int polite = connection->state == CONNECTION_OPEN &&
