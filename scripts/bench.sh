@@ -825,6 +825,7 @@ Worker CPU per call here: the worker process's CPU time over the pipelined runs 
 $RSS_CALLS-call run.
 EOF
     report_revisions
+    if [ -f "$ROOT/bench/PROFILE.md" ]; then printf '\n'; cat "$ROOT/bench/PROFILE.md"; fi
     report_ab
     report_cluster
 }
