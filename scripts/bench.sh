@@ -813,8 +813,8 @@ $(num "${R[a.slow_gain]:-}" "%s"), bare C $(num "${R[c.slow_gain]:-}" "%s").
 
 | target | measured | |
 | --- | --- | --- |
-| pipelined (a) >= 1.2 x (c) | $(ratio "${R[a.pipe_cps]:-}" "${R[c.pipe_cps]:-}") x | $(check 'a >= 1.2 * b' "${R[a.pipe_cps]:-}" "${R[c.pipe_cps]:-}") |
-| sequential p50 (a) <= 1.0 x (c) | $(ratio "${R[a.seq_p50_ms]:-}" "${R[c.seq_p50_ms]:-}") x | $(check 'a <= b' "${R[a.seq_p50_ms]:-}" "${R[c.seq_p50_ms]:-}") |
+| pipelined (a) >= 1.2 x (c) | $(ratio "${R[a.pipe_cps]:-}" "${R[c.pipe_cps]:-}") x (round by round: $(paired a c pipe_cps) x) | $(check 'a >= 1.2 * b' "${R[a.pipe_cps]:-}" "${R[c.pipe_cps]:-}") |
+| sequential p50 (a) <= 1.0 x (c) | $(ratio "${R[a.seq_p50_ms]:-}" "${R[c.seq_p50_ms]:-}") x (round by round: $(paired a c seq_p50_ms) x) | $(check 'a <= b' "${R[a.seq_p50_ms]:-}" "${R[c.seq_p50_ms]:-}") |
 | delegator CPU per call (a) <= (c), pipelined | $(ratio "${R[a.pipe_cpu_us]:-}" "${R[c.pipe_cpu_us]:-}") x | $(check 'a <= b' "${R[a.pipe_cpu_us]:-}" "${R[c.pipe_cpu_us]:-}") |
 | worker CPU per call (a) <= (c), pipelined | $(ratio "${R[a.pipe_wcpu_us]:-}" "${R[c.pipe_wcpu_us]:-}") x | $(check 'a <= b' "${R[a.pipe_wcpu_us]:-}" "${R[c.pipe_wcpu_us]:-}") |
 | cluster, quorum, pipelined (a) >= 1.5 x (d) | $(ratio "${R[cl.quorum.a.pipe_cps]:-}" "${R[cl.quorum.d.pipe_cps]:-}") x | $(check 'a >= 1.5 * b' "${R[cl.quorum.a.pipe_cps]:-}" "${R[cl.quorum.d.pipe_cps]:-}") |
@@ -830,13 +830,24 @@ EOF
     report_cluster
 }
 
+paired() { # peer other mode_metric (e.g. pipe_cps): the median over the rounds of peer/other,
+    # each round's pair measured back to back (steadier than a ratio of medians on a shared machine)
+    local r vals=() a b
+    for r in $(seq 1 "$REPEAT"); do
+        a=${R[$1.${3%%_*}@${r}_${3#*_}]:-}; b=${R[$2.${3%%_*}@${r}_${3#*_}]:-}
+        [ -n "$a" ] && [ -n "$b" ] && vals+=("$(awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) printf "%.4f", a / b}')")
+    done
+    local m
+    m=$(median "${vals[@]}")
+    [ -n "$m" ] && awk -v m="$m" 'BEGIN {printf "%.2f", m}' || printf 'n/a'
+}
 rev_row() { # label peer previous_peer
     printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" \
         "$(num "${R[$2.seq_cps]:-}" "%.0f")" "$(num "${R[$2.seq_p50_ms]:-}" "%.3f")" \
         "$(num "${R[$2.pipe_cps]:-}" "%.0f")" "$(num "${R[$2.pipe_cpu_us]:-}" "%.1f")" \
         "$(num "${R[$2.pipe_wcpu_us]:-}" "%.1f")" \
-        "$( [ -n "$3" ] && ratio "${R[$2.pipe_cps]:-}" "${R[$3.pipe_cps]:-}" || printf -- '-')" \
-        "$( [ -n "$3" ] && ratio "${R[$2.seq_p50_ms]:-}" "${R[$3.seq_p50_ms]:-}" || printf -- '-')"
+        "$( [ -n "$3" ] && paired "$2" "$3" pipe_cps || printf -- '-')" \
+        "$( [ -n "$3" ] && paired "$2" "$3" seq_p50_ms || printf -- '-')"
 }
 mem_row() { # label peer
     printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(mib "${R[$2.inflight_rss_idle_kib]:-}")" \
@@ -853,13 +864,18 @@ report_revisions() {
 
 Each revision built from \`git archive\` and served by its own host (its own queue, concurrency
 $DEPTH), its \`lua_bench.lua\` runs taking their turn in the same $REPEAT alternating rounds as (a) and
-(c) above; medians. "vs previous": pipelined calls/s and sequential p50 divided by the row above.
+(c) above; medians. "vs previous": pipelined calls/s and sequential p50 divided by the row
+above's, round by round (each pair measured one after the other), median of the rounds; "vs
+first": the same against the first revision.
 
 | revision | seq calls/s | seq p50 ms | pipelined calls/s | delegator µs/call | worker µs/call | pipelined vs previous | p50 vs previous |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 $(for i in "${!AB_BUILDS[@]}"; do rev_row "${AB_LABELS[$i]}" "ab$i" "$previous"; previous=ab$i; done
   rev_row "this tree: $THIS_TREE" a "$previous"
   rev_row "(c) bare rabbitmq-c" c "")
+
+This tree against the first revision, round by round: pipelined calls/s $(paired a ab0 pipe_cps) x,
+sequential p50 $(paired a ab0 seq_p50_ms) x, sequential calls/s $(paired a ab0 seq_cps) x.
 EOF
     fi
     [ "$INFLIGHT_CALLS" -gt 0 ] || return 0
