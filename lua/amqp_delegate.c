@@ -541,7 +541,7 @@ static int delegator_status_method(lua_State *L) {
 static int delegator_stats_method(lua_State *L) {
   struct delegator *delegator = check_delegator(L);
   const struct delegator_stats *stats = &delegator->stats;
-  lua_createtable(L, 0, 11);
+  lua_createtable(L, 0, 13);
   static const char *const names[] = {"sent",     "replied",       "failed",
                                       "timed_out", "returned",     "unknown_replies",
                                       "retried",   "not_confirmed", "no_worker",
@@ -558,6 +558,8 @@ static int delegator_stats_method(lua_State *L) {
   lua_setfield(L, -2, "in_flight");
   lua_pushinteger(L, (lua_Integer)delegator->lifecycle.reconnections);
   lua_setfield(L, -2, "reconnections");
+  lua_pushinteger(L, (lua_Integer)delegator->pending.count); /* sent, awaiting a reply */
+  lua_setfield(L, -2, "pending");
   return 1;
 }
 
@@ -574,7 +576,7 @@ static int delegator_tostring(lua_State *L) {
 }
 
 static int call_gc(lua_State *L) {
-  call_release(luaL_checkudata(L, 1, CALL_MT));
+  call_release(luaL_checkudata(L, 1, CALL_MT), L);
   return 0;
 }
 
@@ -591,7 +593,7 @@ static int call_done_method(lua_State *L) {
 static int call_tostring(lua_State *L) {
   struct call *call = luaL_checkudata(L, 1, CALL_MT);
   lua_pushfstring(L, "amqp_delegate.call to '%s' (%s)", call->worker,
-                  !call->done ? "in flight" : call->failed ? call->error.code : "done");
+                  !call->done ? "in flight" : call->failed && call->error ? call->error->code : call->failed ? "failed" : "done");
   return 1;
 }
 
@@ -748,11 +750,24 @@ static int metrics_function(lua_State *L) {
   return 1;
 }
 
+/* delegate.transport_stats(): what the batched writes did (frames, writes). */
+static int transport_stats(lua_State *L) {
+  unsigned long frames, writes;
+  transport_write_counts(&frames, &writes);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)frames);
+  lua_setfield(L, -2, "frames");
+  lua_pushinteger(L, (lua_Integer)writes);
+  lua_setfield(L, -2, "writes");
+  return 1;
+}
+
 static const luaL_Reg module_functions[] = {
     {"worker", new_worker}, {"delegator", new_delegator}, {"serve", serve},
     {"sleep", sleep_function}, {"context", context_function}, {"array", array}, {"object", object},
     {"encode", encode}, {"decode", decode}, {"set_log_level", set_log_level},
     {"pretty", pretty_lua}, {"set_log_format", set_log_format}, {"metrics", metrics_function},
+    {"transport_stats", transport_stats},
     {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *metamethods,

@@ -16,6 +16,13 @@
 # bench/adder_worker.lua and bench/lua_bench.lua: `confirms = false` on both sides) against (a) as
 # shipped; the keepalive count hook's cost: a task summing 1..N (bench/spin_worker.lua) on a host
 # as shipped and on one with AMQP_DELEGATE_KEEPALIVE=0 (bench/keepalive_bench.lua).
+# A/B by revision (issue 13: what each change bought): every git revision in BENCH_AB_REVS is
+# built from `git archive` in the temp dir, its host serves its own queue, and its lua_bench.lua
+# runs take their turn in the same alternating rounds as (a) and (c); the table gives each
+# revision's figures (worker CPU per call over its pipelined runs) and the ratio to the row before.
+# Memory per call in flight: bench/inflight_bench.lua sends BENCH_INFLIGHT_CALLS calls to a worker
+# that is not there, then starts one in the process; RSS idle, at the peak and after, for this
+# tree and each BENCH_AB_REVS revision.
 # Then the cluster (issue "Clusters and RabbitMQ 4", point 6): a 3-node cluster (scripts/cluster.sh)
 # in the temp dir; per queue type (classic, quorum), on ONE queue name, one worker at a time:
 #   (a)  ours: lua_bench.lua given the three URLs -> `amqp-delegate run --url URLS`
@@ -48,6 +55,8 @@
 #                               times; the table shows the medians
 #   BENCH_KEEPALIVE_RUNS=5      keepalive A/B: calls of the spin task on each host (median)
 #   BENCH_KEEPALIVE_N=50000000  keepalive A/B: loop iterations per call
+#   BENCH_AB_REVS=""            git revisions to compare with this tree (e.g. "main perf~2 perf~1")
+#   BENCH_INFLIGHT_CALLS=100000 calls in flight at once for the memory row (0: no memory row)
 #   BENCH_CLUSTER=1             0: no cluster section
 #   BENCH_CLUSTER_CALLS=500     cluster: sequential calls per measurement
 #   BENCH_CLUSTER_PIPE_CALLS=5000  cluster: pipelined calls per measurement (DEPTH in flight)
@@ -83,6 +92,8 @@ MAX_SECONDS=${BENCH_MAX_SECONDS:-15}
 KEEPALIVE_RUNS=${BENCH_KEEPALIVE_RUNS:-5}
 KEEPALIVE_N=${BENCH_KEEPALIVE_N:-50000000}
 CLUSTER=${BENCH_CLUSTER:-1}
+read -r -a AB_REVS <<<"${BENCH_AB_REVS:-}"
+INFLIGHT_CALLS=${BENCH_INFLIGHT_CALLS:-100000}
 CL_CALLS=${BENCH_CLUSTER_CALLS:-500}
 CL_PIPE_CALLS=${BENCH_CLUSTER_PIPE_CALLS:-5000}
 CL_WARMUP=${BENCH_CLUSTER_WARMUP:-100}
@@ -162,6 +173,20 @@ gcc -O2 -g -Wall -Wextra -std=c11 -shared -fPIC -I/usr/include/lua5.4 \
     -o "$BUILD/bench/bench_clock.so" "$ROOT/bench/bench_clock.c" || die "cannot build bench/bench_clock.c"
 HOST=$BUILD/amqp-delegate
 BARE=$BUILD/bench/bare_roundtrip
+AB_BUILDS=(); AB_LABELS=()
+for i in "${!AB_REVS[@]}"; do
+    rev=${AB_REVS[$i]}
+    git -C "$ROOT" rev-parse --verify -q "$rev^{commit}" >/dev/null || die "BENCH_AB_REVS: no revision $rev"
+    mkdir -p "$WORK/ab$i/src"
+    log "building revision $rev for the A/B rows"
+    git -C "$ROOT" archive "$rev" | tar -x -C "$WORK/ab$i/src" || die "cannot extract $rev"
+    cmake -S "$WORK/ab$i/src" -B "$WORK/ab$i/build" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" >&2 \
+        && cmake --build "$WORK/ab$i/build" -j2 --target amqp-delegate amqp_delegate_module >&2 \
+        || die "cannot build revision $rev"
+    AB_BUILDS+=("$WORK/ab$i/build")
+    AB_LABELS+=("$(git -C "$ROOT" log -1 --format='%h %s' "$rev" | cut -c1-90)")
+done
+THIS_TREE="$(git -C "$ROOT" log -1 --format='%h %s' HEAD | cut -c1-90)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
 export LUA_CPATH="$BUILD/?.so;$BUILD/bench/?.so;;"
 export NODE_PATH=$NODE_PATH_DIR
 
@@ -282,6 +307,22 @@ APID=$WPID
 BENCH_CONFIRMS=0 BENCH_WORKER_NAME=$QAN BENCH_DELAY_MS=0 start_worker lua_worker_noconfirms "$HOST" run \
     --url "$URL" --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
 ANPID=$WPID
+AB_PIDS=()
+for i in "${!AB_BUILDS[@]}"; do
+    LUA_CPATH="${AB_BUILDS[$i]}/?.so;$BUILD/bench/?.so;;" BENCH_WORKER_NAME=bench_ab$i BENCH_DELAY_MS=0 \
+        start_worker "ab${i}_worker" "${AB_BUILDS[$i]}/amqp-delegate" run --url "$URL" \
+        --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
+    AB_PIDS+=("$WPID")
+done
+ab_measure() { # i mode calls depth round
+    LUA_CPATH="${AB_BUILDS[$1]}/?.so;$BUILD/bench/?.so;;" measure "ab$1.$2@$5" "ab$1_$2$5" \
+        "${LUA_BENCH[@]}" "$URL" "bench_ab$1" "$2" "$3" "$WARMUP" "$4" "$MAX_SECONDS"
+}
+worker_cpu() { # key pid ticks_before: the worker's CPU µs per call over the measured and warm-up calls
+    local calls=${R[$1_calls]:-}
+    [ -n "$calls" ] && R[$1_wcpu_us]=$(cpu_us_per_call "$3" "$(cpu_ticks "$2")" $((calls + WARMUP)))
+    return 0
+}
 sleep 0.5
 R[c.rss_idle]=$(rss_kib "$CPID")
 R[a.rss_idle]=$(rss_kib "$APID")
@@ -290,26 +331,39 @@ for r in $(seq 1 "$REPEAT"); do
     measure "a.seq@$r" "lua_seq$r" "${LUA_BENCH[@]}" "$URL" $QA seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
     BENCH_CONFIRMS=0 measure "an.seq@$r" "lua_noconfirms_seq$r" "${LUA_BENCH[@]}" "$URL" $QAN seq "$CALLS" \
         "$WARMUP" 1 "$MAX_SECONDS"
+    for i in "${!AB_BUILDS[@]}"; do ab_measure "$i" seq "$CALLS" 1 "$r"; done
 done
 peaks_a=(); peaks_c=()
 for r in $(seq 1 "$REPEAT"); do
     start_sampler "$CPID"
+    before=$(cpu_ticks "$CPID")
     measure "c.pipe@$r" "bare_pipe$r" "$BARE" client "$URL" $QC pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
+    worker_cpu "c.pipe@$r" "$CPID" "$before"
     stop_sampler
     peaks_c+=("$PEAK")
     start_sampler "$APID"
+    before=$(cpu_ticks "$APID")
     measure "a.pipe@$r" "lua_pipe$r" "${LUA_BENCH[@]}" "$URL" $QA pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
+    worker_cpu "a.pipe@$r" "$APID" "$before"
     stop_sampler
     peaks_a+=("$PEAK")
+    for i in "${!AB_BUILDS[@]}"; do
+        before=$(cpu_ticks "${AB_PIDS[$i]}")
+        ab_measure "$i" pipe "$PIPE_CALLS" "$DEPTH" "$r"
+        worker_cpu "ab$i.pipe@$r" "${AB_PIDS[$i]}" "$before"
+    done
     BENCH_CONFIRMS=0 measure "an.pipe@$r" "lua_noconfirms_pipe$r" "${LUA_BENCH[@]}" "$URL" $QAN pipe \
         "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
 done
 stop_pid "$ANPID"
+for pid in "${AB_PIDS[@]}"; do stop_pid "$pid"; done
 R[c.rss_load]=$(max_of "${peaks_c[@]}")
 R[a.rss_load]=$(max_of "${peaks_a[@]}")
-for p in a an c; do
+AB_PEERS=()
+for i in "${!AB_BUILDS[@]}"; do AB_PEERS+=("ab$i"); done
+for p in a an c "${AB_PEERS[@]}"; do
     for m in seq pipe; do
-        for k in calls cps cpu_us p50_ms p99_ms; do
+        for k in calls cps cpu_us p50_ms p99_ms wcpu_us; do
             vals=()
             for r in $(seq 1 "$REPEAT"); do vals+=("${R[$p.$m@${r}_$k]:-}"); done
             R[$p.${m}_$k]=$(median "${vals[@]}")
@@ -334,6 +388,15 @@ for p in c a; do
 done
 stop_pid "$CPID"
 stop_pid "$APID"
+
+# memory per call in flight: this tree, then each A/B revision
+if [ "$INFLIGHT_CALLS" -gt 0 ]; then
+    measure "a.inflight" inflight lua5.4 "$ROOT/bench/inflight_bench.lua" "$URL" bench_inflight "$INFLIGHT_CALLS"
+    for i in "${!AB_BUILDS[@]}"; do
+        LUA_CPATH="${AB_BUILDS[$i]}/?.so;$BUILD/bench/?.so;;" measure "ab$i.inflight" "ab${i}_inflight" \
+            lua5.4 "$ROOT/bench/inflight_bench.lua" "$URL" "bench_inflight_ab$i" "$INFLIGHT_CALLS"
+    done
+fi
 
 # the slow adder: sleeps SLOW_MS, then adds; DEPTH calls in flight; worker concurrency 1, then DEPTH
 for conc in 1 "$DEPTH"; do
@@ -745,9 +808,95 @@ $(num "${R[a.slow_gain]:-}" "%s"), bare C $(num "${R[c.slow_gain]:-}" "%s").
 | slow adder conc $DEPTH >= 30 x conc 1 | $(num "${R[a.slow_gain]:-}" "%s") x | $(check 'a >= 30 * b' "${R[a.slowN_cps]:-}" "${R[a.slow1_cps]:-}") |
 | host RSS idle <= 8 MiB | $(mib "${R[a.rss_idle]:-}") | $(check 'a <= 8192 + 0 * b' "${R[a.rss_idle]:-}" 0) |
 | no RSS growth over $RSS_CALLS calls (<= 256 KiB) | $(num "${R[a.rss_growth]:-}" "%d") KiB | $(check 'a <= 256 + 0 * b' "${R[a.rss_growth]:-}" 0) |
+
+## Targets (issue 13)
+
+| target | measured | |
+| --- | --- | --- |
+| pipelined (a) >= 1.2 x (c) | $(ratio "${R[a.pipe_cps]:-}" "${R[c.pipe_cps]:-}") x (round by round: $(paired a c pipe_cps) x) | $(check 'a >= 1.2 * b' "${R[a.pipe_cps]:-}" "${R[c.pipe_cps]:-}") |
+| sequential p50 (a) <= 1.0 x (c) | $(ratio "${R[a.seq_p50_ms]:-}" "${R[c.seq_p50_ms]:-}") x (round by round: $(paired a c seq_p50_ms) x) | $(check 'a <= b' "${R[a.seq_p50_ms]:-}" "${R[c.seq_p50_ms]:-}") |
+| delegator CPU per call (a) <= (c), pipelined | $(ratio "${R[a.pipe_cpu_us]:-}" "${R[c.pipe_cpu_us]:-}") x | $(check 'a <= b' "${R[a.pipe_cpu_us]:-}" "${R[c.pipe_cpu_us]:-}") |
+| worker CPU per call (a) <= (c), pipelined | $(ratio "${R[a.pipe_wcpu_us]:-}" "${R[c.pipe_wcpu_us]:-}") x | $(check 'a <= b' "${R[a.pipe_wcpu_us]:-}" "${R[c.pipe_wcpu_us]:-}") |
+| cluster, quorum, pipelined (a) >= 1.5 x (d) | $(ratio "${R[cl.quorum.a.pipe_cps]:-}" "${R[cl.quorum.d.pipe_cps]:-}") x | $(check 'a >= 1.5 * b' "${R[cl.quorum.a.pipe_cps]:-}" "${R[cl.quorum.d.pipe_cps]:-}") |
+| $INFLIGHT_CALLS in flight: RSS after <= idle + 4 MiB | $(mib "${R[a.inflight_rss_after_kib]:-}") (idle $(mib "${R[a.inflight_rss_idle_kib]:-}")) | $(check 'a <= b + 4096' "${R[a.inflight_rss_after_kib]:-}" "${R[a.inflight_rss_idle_kib]:-}") |
+
+Worker CPU per call here: the worker process's CPU time over the pipelined runs of the rounds
+(their warm-up calls included), median of the rounds; the figure in the first table is over the
+$RSS_CALLS-call run.
 EOF
+    report_revisions
+    if [ -f "$ROOT/bench/PROFILE.md" ]; then printf '\n'; cat "$ROOT/bench/PROFILE.md"; fi
     report_ab
     report_cluster
+}
+
+paired() { # peer other mode_metric (e.g. pipe_cps): the median over the rounds of peer/other,
+    # each round's pair measured back to back (steadier than a ratio of medians on a shared machine)
+    local r vals=() a b
+    for r in $(seq 1 "$REPEAT"); do
+        a=${R[$1.${3%%_*}@${r}_${3#*_}]:-}; b=${R[$2.${3%%_*}@${r}_${3#*_}]:-}
+        [ -n "$a" ] && [ -n "$b" ] && vals+=("$(awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) printf "%.4f", a / b}')")
+    done
+    local m
+    m=$(median "${vals[@]}")
+    [ -n "$m" ] && awk -v m="$m" 'BEGIN {printf "%.2f", m}' || printf 'n/a'
+}
+rev_row() { # label peer previous_peer
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" \
+        "$(num "${R[$2.seq_cps]:-}" "%.0f")" "$(num "${R[$2.seq_p50_ms]:-}" "%.3f")" \
+        "$(num "${R[$2.pipe_cps]:-}" "%.0f")" "$(num "${R[$2.pipe_cpu_us]:-}" "%.1f")" \
+        "$(num "${R[$2.pipe_wcpu_us]:-}" "%.1f")" \
+        "$( [ -n "$3" ] && paired "$2" "$3" pipe_cps || printf -- '-')" \
+        "$( [ -n "$3" ] && paired "$2" "$3" seq_p50_ms || printf -- '-')"
+}
+mem_row() { # label peer
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(mib "${R[$2.inflight_rss_idle_kib]:-}")" \
+        "$(mib "${R[$2.inflight_rss_peak_kib]:-}")" "$(mib "${R[$2.inflight_rss_after_kib]:-}")" \
+        "$(num "${R[$2.inflight_bytes_per_call]:-}" "%.0f")" \
+        "$(num "${R[$2.inflight_seconds_answer]:-}" "%.2f")"
+}
+report_revisions() {
+    local i previous=""
+    if [ "${#AB_BUILDS[@]}" -gt 0 ]; then
+        cat <<EOF
+
+## A/B by revision (issue 13: what each change bought)
+
+Each revision built from \`git archive\` and served by its own host (its own queue, concurrency
+$DEPTH), its \`lua_bench.lua\` runs taking their turn in the same $REPEAT alternating rounds as (a) and
+(c) above; medians. "vs previous": pipelined calls/s and sequential p50 divided by the row
+above's, round by round (each pair measured one after the other), median of the rounds; "vs
+first": the same against the first revision.
+
+| revision | seq calls/s | seq p50 ms | pipelined calls/s | delegator µs/call | worker µs/call | pipelined vs previous | p50 vs previous |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+$(for i in "${!AB_BUILDS[@]}"; do rev_row "${AB_LABELS[$i]}" "ab$i" "$previous"; previous=ab$i; done
+  rev_row "this tree: $THIS_TREE" a "$previous"
+  rev_row "(c) bare rabbitmq-c" c "")
+
+This tree against the first revision, round by round: pipelined calls/s $(paired a ab0 pipe_cps) x,
+sequential p50 $(paired a ab0 seq_p50_ms) x, sequential calls/s $(paired a ab0 seq_cps) x.
+EOF
+    fi
+    [ "$INFLIGHT_CALLS" -gt 0 ] || return 0
+    cat <<EOF
+
+## $INFLIGHT_CALLS calls in flight from one delegator
+
+\`bench/inflight_bench.lua\`: the worker's queue exists with no consumer; one delegator sends
+$INFLIGHT_CALLS calls with \`:send()\` (publisher confirms on), then a worker started in the same
+process (concurrency 64) answers them all; the handles are dropped and the garbage collected.
+RSS of that process: idle (started, nothing in flight), at the peak (all sent and confirmed, none
+answered), after. Bytes per call: (peak - idle) / $INFLIGHT_CALLS, everything a call in flight
+holds (the delegator's C state, the Lua handle, its slot in the caller's table and in the
+registry). glibc keeps freed memory in its heap: after a crowd of at least 10 000 calls the
+delegator calls \`malloc_trim(0)\` once they are all collected.
+
+| build | RSS idle | RSS peak | RSS after | bytes per call in flight | CPU s answering |
+| --- | --- | --- | --- | --- | --- |
+$(for i in "${!AB_BUILDS[@]}"; do mem_row "${AB_LABELS[$i]}" "ab$i"; done
+  mem_row "this tree" a)
+EOF
 }
 
 ab_row() { # metric fmt key: (a) confirms on, off, off/on

@@ -54,6 +54,18 @@ void byte_buffer_reset(byte_buffer *b) {
   b->length = 0;
 }
 
+void byte_buffer_fit(byte_buffer *b) {
+  if (b->capacity == b->length) return;
+  if (b->length == 0) {
+    byte_buffer_free(b);
+    return;
+  }
+  char *p = realloc(b->data, b->length);
+  if (p == NULL) return; /* it stays as it was */
+  b->data = p;
+  b->capacity = b->length;
+}
+
 void byte_buffer_free(byte_buffer *b) {
   free(b->data);
   byte_buffer_init(b);

@@ -24,6 +24,9 @@ int byte_buffer_append(byte_buffer *b, const void *bytes, size_t n);
 /* Forgets the contents (length = 0) but keeps the memory for reuse. */
 void byte_buffer_reset(byte_buffer *b);
 
+/* Gives back what is allocated beyond length (a buffer kept a long time). */
+void byte_buffer_fit(byte_buffer *b);
+
 /* Releases the memory; the buffer is left empty and may be reused. */
 void byte_buffer_free(byte_buffer *b);
 

@@ -11,7 +11,11 @@
 #include "delegator.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <lauxlib.h>
 
@@ -38,20 +42,29 @@ static uint64_t next_random(struct delegator *delegator) {
 
 /* A UUID v4 in its text form, 8-4-4-4-12 hex digits, written by hand: it is
  * on the path of every call and snprintf showed in profiles. */
-static void new_correlation_id(struct delegator *delegator, struct short_string *id) {
+static void new_correlation_id(struct delegator *delegator,
+                               char id[CORRELATION_ID_LENGTH + 1]) {
   static const char hex[] = "0123456789abcdef";
   uint64_t high = next_random(delegator), low = next_random(delegator);
   high = (high & ~0xf000ULL) | 0x4000ULL;                        /* version 4 */
   low = (low & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; /* variant 1 */
-  char *out = id->bytes;
+  char *out = id;
   for (int nibble = 0; nibble < 32; nibble++) {
     if (nibble == 8 || nibble == 12 || nibble == 16 || nibble == 20) *out++ = '-';
     uint64_t word = nibble < 16 ? high : low;
     *out++ = hex[(word >> (60 - 4 * (nibble % 16))) & 0xf];
   }
   *out = '\0';
-  id->length = (size_t)(out - id->bytes);
-  id->present = 1;
+}
+
+/* ---- a call's error, allocated when it fails ---- */
+
+/* Out of memory for an error: the calls that fail then share this one. */
+static struct ad_error shared_error;
+
+static struct ad_error *call_error(struct call *call) {
+  if (!call->error) call->error = malloc(sizeof *call->error);
+  return call->error ? call->error : &shared_error;
 }
 
 /* ---- the calls in flight, ordered by deadline ---- */
@@ -82,6 +95,7 @@ static void link_call(struct delegator *delegator, struct call *call) {
   else delegator->calls = call;
   call->in_flight = 1;
   delegator->in_flight++;
+  if (delegator->in_flight > delegator->crowd) delegator->crowd = delegator->in_flight;
   if (!after) arm_deadline(delegator);
 }
 
@@ -162,7 +176,7 @@ static void complete(struct delegator *delegator, struct call *call) {
 static void fail_call(struct delegator *delegator, struct call *call, const char *code,
                       const char *format, const char *detail) {
   call->failed = 1;
-  error_set(&call->error, code, format, call->worker, detail);
+  error_set(call_error(call), code, format, call->worker, detail);
   delegator->stats.failed++;
   complete(delegator, call);
 }
@@ -211,16 +225,19 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
     if (call->deadline <= now) return 0; /* its TIMEOUT is due */
     write_decimal(expiration, sizeof expiration, call->deadline - now);
   }
-  if (pending_calls_add(&delegator->pending, &call->link, call->correlation_id.bytes,
-                        call->correlation_id.length) != 0) {
+  if (pending_calls_add(&delegator->pending, &call->link, call->correlation_id,
+                        CORRELATION_ID_LENGTH) != 0) {
     error_set(error, ERR_BAD_ARGUMENT, "out of memory for a call to '%s'", call->worker);
     return -1;
   }
   call->serial = ++delegator->next_serial;
-  struct publish request = {call->worker, &call->correlation_id, delegator->reply_queue.bytes,
+  struct short_string id;
+  short_string_set(&id, call->correlation_id, CORRELATION_ID_LENGTH);
+  struct publish request = {call->worker, &id, delegator->reply_queue.bytes,
                             NULL, expiration[0] ? expiration : NULL,
                             call->body.data ? call->body.data : "", call->body.length, 1,
-                            call->serial, call->headers.data, call->headers.length};
+                            call->serial, call->headers.data, call->headers.length,
+                            call->deadline_ms ? HEADER_DEADLINE : NULL, call->deadline_ms};
   if (channel_publish(channel, &request, error) < 0) {
     pending_calls_remove(&delegator->pending, &call->link);
     return -1;
@@ -228,8 +245,8 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
   call->sent = 1;
   call->resend_at = 0;
   if (delegator->options.confirms) link_unconfirmed(delegator, call);
-  /* the body goes again if the call may be re-sent; else it holds the reply */
-  if (call->retries_left == 0) byte_buffer_reset(&call->body);
+  /* the body goes again if the call may be re-sent; else it is let go */
+  if (call->retries_left == 0) byte_buffer_free(&call->body);
   delegator->stats.sent++;
   return 0;
 }
@@ -303,7 +320,8 @@ static int spend_retry(struct delegator *delegator, struct call *call) {
 
 static struct call *new_call(lua_State *L, struct delegator *delegator, int self,
                              const char *name) {
-  struct call *call = lua_newuserdatauv(L, sizeof *call, 1);
+  size_t length = strlen(name); /* < SHORT_STRING_MAX: checked by the binding */
+  struct call *call = lua_newuserdatauv(L, sizeof *call + length + 1, 1);
   memset(call, 0, sizeof *call);
   call->anchor = LUA_NOREF;
   byte_buffer_init(&call->body);
@@ -313,9 +331,8 @@ static struct call *new_call(lua_State *L, struct delegator *delegator, int self
   lua_pushvalue(L, self);
   lua_setiuservalue(L, -2, 1);
   call->delegator = delegator;
-  size_t length = strlen(name); /* < SHORT_STRING_MAX: checked by the binding */
   memcpy(call->worker, name, length + 1);
-  new_correlation_id(delegator, &call->correlation_id);
+  new_correlation_id(delegator, call->correlation_id);
   return call;
 }
 
@@ -358,8 +375,7 @@ static int call_headers(struct delegator *delegator, struct call *call,
   if (call->timeout > 0) deadline = wall_clock_ms() + (int64_t)runtime_milliseconds(call->timeout);
   if (incoming && incoming->deadline_ms && (!deadline || incoming->deadline_ms < deadline))
     deadline = incoming->deadline_ms;
-  if (deadline && header_list_add_integer(&call->headers, HEADER_DEADLINE, deadline) != 0)
-    return -1;
+  call->deadline_ms = deadline; /* the transport writes it: no text, no allocation */
   if (options->headers_length &&
       byte_buffer_append(&call->headers, options->headers, options->headers_length) != 0)
     return -1;
@@ -409,6 +425,7 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
    * the loop runs (a hook). */
   if (call->probing && !fiber_current(L) && !delegator->runtime->running)
     runtime_wait(delegator->runtime, &call->answered);
+  byte_buffer_fit(&call->body); /* kept (held, or for a re-send): only what it needs */
   lua_settop(L, call_index);
   return call;
 }
@@ -509,16 +526,17 @@ static void on_reply(void *owner, const struct message *message) {
              delegator->stats.unknown_replies);
     return;
   }
-  byte_buffer_reset(&call->body); /* it may still hold the request, kept for a re-send */
+  byte_buffer_free(&call->body); /* it may still hold the request, kept for a re-send */
   if (message->body_too_large) {
     call->failed = 1;
-    error_set(&call->error, ERR_BAD_REPLY, "reply from '%s' of %zu bytes is over the limit",
+    error_set(call_error(call), ERR_BAD_REPLY, "reply from '%s' of %zu bytes is over the limit",
               call->worker, message->body_length);
   } else if (byte_buffer_append(&call->body, message->body, message->body_length) != 0) {
     call->failed = 1;
-    error_set(&call->error, ERR_BAD_REPLY, "out of memory for the reply from '%s'",
+    error_set(call_error(call), ERR_BAD_REPLY, "out of memory for the reply from '%s'",
               call->worker);
   }
+  byte_buffer_fit(&call->body); /* it may wait a while for its caller */
   call->error_reply = message->type.present && strcmp(message->type.bytes, ERROR_REPLY_TYPE) == 0;
   delegator->stats.replied++;
   complete(delegator, call);
@@ -538,7 +556,7 @@ static void on_return(void *owner, const struct message *message) {
     return;
   }
   call->failed = 1;
-  error_set(&call->error, ERR_NO_ROUTE,
+  error_set(call_error(call), ERR_NO_ROUTE,
             "no worker serves '%s': the broker returned the request (%d %s)", call->worker,
             message->return_code, message->return_text.bytes);
   delegator->stats.returned++;
@@ -706,11 +724,46 @@ void delegator_release(struct delegator *delegator) {
   pending_calls_free(&delegator->pending);
 }
 
-void call_release(struct call *call) {
+/* glibc keeps what a crowd of calls used (the Lua objects between them
+ * fragment its heap): once they were all collected and nothing is in
+ * flight, the free pages go back to the system. The last call's finalizer
+ * runs before the collector frees the calls' memory (in its next cycle), so
+ * the trim is left to a finalizer of that next cycle: a small object made
+ * garbage now. */
+#define CROWD_WORTH_TRIMMING 10000
+#define TRIM_MT "amqp_delegate.trim"
+
+static int trim_gc(lua_State *L) {
+  (void)L;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+  return 0;
+}
+
+static void give_back_memory(struct delegator *delegator, lua_State *L) {
+  delegator->released++;
+  if (delegator->in_flight || delegator->crowd < CROWD_WORTH_TRIMMING ||
+      delegator->released < delegator->crowd)
+    return;
+  delegator->crowd = delegator->released = 0;
+  lua_newuserdatauv(L, 0, 0);
+  if (luaL_newmetatable(L, TRIM_MT)) {
+    lua_pushcfunction(L, trim_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
+void call_release(struct call *call, lua_State *L) {
   if (call->in_flight && call->delegator) unlink_call(call->delegator, call);
   if (call->delegator) runtime_cancel_job(call->delegator->runtime, &call->done_job);
   byte_buffer_free(&call->body);
   byte_buffer_free(&call->headers);
+  free(call->error);
+  call->error = NULL;
+  if (call->delegator) give_back_memory(call->delegator, L);
 }
 
 /* ---- waiting ---- */
@@ -743,7 +796,7 @@ static int push_status(lua_State *L, const struct call *call) {
 }
 
 static int call_result(lua_State *L, struct call *call) {
-  if (call->failed) return error_object_raise(L, &call->error);
+  if (call->failed) return error_object_raise(L, call_error(call));
   if (call->status_only) return push_status(L, call);
   if (call->error_reply) return raise_error_reply(L, call);
   char problem[256];

@@ -23,6 +23,7 @@
 #include "served_names.h"
 
 #define CALL_MT "amqp_delegate.call"
+#define CORRELATION_ID_LENGTH 36 /* a UUID in text */
 
 /* User values of the delegator's userdata, set by the Lua binding. */
 #define DELEGATOR_ON_ERROR_SLOT 1
@@ -60,15 +61,18 @@ struct call {
   uint64_t resend_at;           /* loop time (ms) a returned request goes again; 0: now */
   int anchor;                   /* registry reference while in flight */
   uint64_t deadline;            /* loop time in ms; UINT64_MAX: none */
+  int64_t deadline_ms;          /* the x-deadline header: wall clock ms; 0: none */
   double timeout;
   struct fiber *fiber;          /* waiting fiber, or NULL */
   int failed;                   /* error holds why (NO_ROUTE, TIMEOUT...) */
-  struct ad_error error;
+  struct ad_error *error;       /* allocated when it fails: most calls never do */
   int error_reply;              /* the worker answered with an error */
-  byte_buffer body;             /* the request until sent, then the reply */
+  /* The request while it may go (again): held, or retry > 0; then the
+   * reply. Sized to what it holds: 100 000 calls in flight hold no more. */
+  byte_buffer body;
   byte_buffer headers;          /* the request's (header_list.h), kept for a re-send */
-  struct short_string correlation_id;
-  char worker[SHORT_STRING_MAX];
+  char correlation_id[CORRELATION_ID_LENGTH + 1];
+  char worker[];                /* its name, as long as it is */
 };
 
 struct delegator_stats {
@@ -90,6 +94,8 @@ struct delegator {
   unsigned nack_reopens;         /* channels given up for refusing from the start, in a row */
   int reopening;                 /* that reopen is under way: its refused calls go again free */
   unsigned long in_flight;
+  unsigned long crowd;           /* the most calls in flight since memory was last given back */
+  unsigned long released;        /* calls collected since then */
   struct pending_calls pending;
   uv_timer_t *deadline_timer;
   uint64_t random_state[2];
@@ -128,6 +134,6 @@ struct call *delegator_status(struct delegator *delegator, lua_State *L, int sel
  * (lua_CFunction style; it yields inside a fiber). Raises the call's error. */
 int call_wait(lua_State *L, int index);
 /* __gc of a call userdata. */
-void call_release(struct call *call);
+void call_release(struct call *call, lua_State *L);
 
 #endif

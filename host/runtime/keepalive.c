@@ -27,6 +27,8 @@ static void on_count(lua_State *thread, lua_Debug *debug) {
   (void)debug;
   struct runtime *runtime = *runtime_slot(thread);
   if (!runtime || runtime->closed) return;
+  /* a task running this long lets the replies of the jobs before it go */
+  transport_flush_writes();
   struct keepalive *keepalive = &runtime->keepalive;
   uint64_t now = uv_hrtime();
   if (now < keepalive->next_check) return;

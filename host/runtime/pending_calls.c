@@ -67,6 +67,13 @@ static struct pending_link **find(struct pending_calls *table, uint64_t hash, co
   return NULL;
 }
 
+/* After a crowd of calls: a big empty table goes (the next add makes a small one). */
+#define BUCKETS_KEPT_EMPTY 1024
+
+static void shrink_when_empty(struct pending_calls *table) {
+  if (table->count == 0 && table->bucket_count > BUCKETS_KEPT_EMPTY) pending_calls_free(table);
+}
+
 struct pending_link *pending_calls_take(struct pending_calls *table, const char *key,
                                         size_t key_length) {
   struct pending_link **at = find(table, hash_of(key, key_length), key, key_length);
@@ -75,6 +82,7 @@ struct pending_link *pending_calls_take(struct pending_calls *table, const char 
   *at = link->next;
   link->next = NULL;
   table->count--;
+  shrink_when_empty(table);
   return link;
 }
 
@@ -86,6 +94,7 @@ void pending_calls_remove(struct pending_calls *table, struct pending_link *link
       *at = link->next;
       link->next = NULL;
       table->count--;
+      shrink_when_empty(table);
       return;
     }
 }

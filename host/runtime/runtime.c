@@ -161,12 +161,17 @@ void runtime_cancel_job(struct runtime *runtime, struct job *job) {
 }
 
 /* The one place: jobs queued meanwhile run in the same pass, in order. */
+/* The replies and requests of the jobs of one turn leave together, once
+ * the last has run (a task that runs long lets them go from the keepalive
+ * hook). */
 static void run_jobs(struct runtime *runtime) {
+  transport_hold_writes();
   while (runtime->jobs_first) {
     struct job *job = runtime->jobs_first;
     runtime_cancel_job(runtime, job);
     job->run(job);
   }
+  transport_release_writes();
   if (runtime->idle) uv_idle_stop(runtime->idle);
 }
 

@@ -226,7 +226,7 @@ static void send_reply(struct task_context *context) {
   int early = worker->options.ack_early; /* acked on receipt: token 0, nothing to settle */
   struct publish reply = {context->reply_to.bytes, &context->correlation_id, NULL,
                           context->failed ? ERROR_REPLY_TYPE : NULL, NULL, worker->reply.data,
-                          worker->reply.length, 0, early ? 0 : context->delivery_tag, NULL, 0};
+                          worker->reply.length, 0, early ? 0 : context->delivery_tag, NULL, 0, NULL, 0};
   struct ad_error error;
   struct channel *channel = lifecycle_channel(&worker->lifecycle);
   if (!channel || (!early && context->generation != worker->generation))
@@ -436,7 +436,7 @@ static int answer_from_cache(struct worker *worker, const struct message *messag
   if (!kept) return 0;
   struct publish reply = {message->reply_to.bytes, &message->correlation_id, NULL,
                           kept->failed ? ERROR_REPLY_TYPE : NULL, NULL, kept_result_body(kept),
-                          kept->body_length, 0, message->delivery_tag, NULL, 0};
+                          kept->body_length, 0, message->delivery_tag, NULL, 0, NULL, 0};
   struct ad_error error;
   struct channel *channel = lifecycle_channel(&worker->lifecycle);
   worker->answered_from_cache++;

@@ -42,10 +42,18 @@ void confirm_ring_push(struct confirm_ring *ring, uint64_t token) {
   ring->next_sequence++;
 }
 
+/* After a crowd of publishes: a big empty ring goes (the next reserve makes a small one). */
+#define ENTRIES_KEPT_EMPTY 1024
+
 static void pop_settled(struct confirm_ring *ring) {
   while (ring->count && ring->entries[ring->head].settled) {
     ring->head = (ring->head + 1) % ring->capacity;
     ring->count--;
+  }
+  if (ring->count == 0 && ring->capacity > ENTRIES_KEPT_EMPTY) {
+    free(ring->entries);
+    ring->entries = NULL;
+    ring->capacity = ring->head = 0;
   }
 }
 

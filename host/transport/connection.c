@@ -18,12 +18,14 @@
 #include <amqp_tcp_socket.h>
 #include <openssl/crypto.h>
 
+#include "ack_window.h"
 #include "amqp_errors.h"
 #include "byte_buffer.h"
 #include "confirm_ring.h"
 #include "header_list.h"
 #include "log.h"
 #include "tcp_connect.h"
+#include "write_batch.h"
 
 #define CHANNEL_LIMIT 2047   /* RabbitMQ's default channel_max */
 #define CLOSE_GRACE_MS 1000  /* how long a polite close waits for close-ok */
@@ -48,6 +50,8 @@ struct held_publish {
   int is_ack;
   uint64_t expires_at; /* loop time (ms) its expiration ends, when has_expiration */
   uint64_t token;      /* for on_confirm */
+  const char *number_key; /* a literal */
+  int64_t number_value;
   struct short_string correlation_id;
   int mandatory;
   size_t routing_key_length, reply_to_length, type_length, expiration_length, body_length;
@@ -79,6 +83,8 @@ struct channel {
   struct held_publish *held_first, *held_last;
   int confirming; /* confirm.select-ok came: publishes go into unconfirmed */
   struct confirm_ring unconfirmed;
+  int manual_acks; /* consuming with acks: deliveries are tracked in acks */
+  struct ack_window acks;
   struct channel *next;
 };
 
@@ -115,12 +121,20 @@ struct connection {
   struct ad_error loss;
   struct handshake *handshake; /* while on its thread */
   uint64_t keepalive_sent_ms;  /* the last heartbeat transport_keepalive sent */
+  struct write_batch writes;   /* frames written together (plain TCP only) */
+  int watching_writable;       /* a flush left bytes: the poll waits for room too */
   struct connection *next; /* in the pool */
 };
 
 /* Every connection not yet freed, of every loop (a process normally has
  * one loop); only those connecting or open are shared. */
 static struct connection *pool;
+
+/* > 0 while the loop does a batch of work (frames read, jobs run): what the
+ * connections send meanwhile is written when it ends (transport.h). */
+static int writes_held;
+/* frames and writes of the connections already freed (transport_write_counts) */
+static unsigned long frames_before, writes_before;
 
 void short_string_set(struct short_string *target, const void *bytes, size_t length) {
   if (length >= SHORT_STRING_MAX) length = SHORT_STRING_MAX - 1;
@@ -215,6 +229,7 @@ static void channel_free(struct channel *channel) {
     connection->by_number[channel->number] = NULL;
   free_held(channel);
   confirm_ring_free(&channel->unconfirmed);
+  ack_window_free(&channel->acks);
   byte_buffer_free(&channel->body);
   byte_buffer_free(&channel->incoming_headers);
   free(channel);
@@ -235,8 +250,12 @@ static void connection_destroy(struct connection *connection) {
   pool_remove(connection);
   while (connection->channels) channel_free(connection->channels);
   if (connection->handles_ready) uv_poll_stop(&connection->poll); /* before the socket closes */
+  write_batch_flush(&connection->writes); /* a polite close still leaves: best effort */
   if (connection->amqp) amqp_destroy_connection(connection->amqp);
   connection->amqp = NULL;
+  frames_before += connection->writes.frames;
+  writes_before += connection->writes.writes;
+  write_batch_free(&connection->writes); /* rabbitmq-c's socket pointed into it */
   connection->state = CONNECTION_DEAD;
   if (!connection->handles_ready) {
     free(connection);
@@ -397,6 +416,7 @@ int channel_consume(struct channel *channel, const struct short_string *queue, i
   consume.queue = short_bytes(queue);
   consume.consumer_tag = amqp_empty_bytes;
   consume.no_ack = (amqp_boolean_t)no_ack;
+  channel->manual_acks = !no_ack;
   consume.exclusive = (amqp_boolean_t)exclusive;
   consume.arguments = amqp_empty_table;
   return send_request(channel, AMQP_BASIC_CONSUME_METHOD, &consume,
@@ -446,6 +466,23 @@ static int table_of_headers(const char *list, size_t length, amqp_table_entry_t 
   return count;
 }
 
+/* A signed decimal, written by hand: snprintf showed in profiles of a
+ * request's headers (its deadline). Returns the length. */
+static int decimal_text(char *out, int64_t value) {
+  char digits[24];
+  int count = 0;
+  uint64_t magnitude = value < 0 ? (uint64_t)0 - (uint64_t)value : (uint64_t)value;
+  do {
+    digits[count++] = (char)('0' + magnitude % 10);
+    magnitude /= 10;
+  } while (magnitude);
+  int length = 0;
+  if (value < 0) out[length++] = '-';
+  while (count) out[length++] = digits[--count];
+  out[length] = '\0';
+  return length;
+}
+
 /* The scalar entries of an AMQP table as our list (nested tables, arrays
  * and entries over the limits are left out). */
 static void headers_of_table(const amqp_table_t *table, byte_buffer *list) {
@@ -466,19 +503,17 @@ static void headers_of_table(const amqp_table_t *table, byte_buffer *list) {
       case AMQP_FIELD_KIND_BOOLEAN:
         header_list_add(list, HEADER_BOOLEAN, key, key_length, value->value.boolean ? "1" : "0", 1);
         continue;
-      case AMQP_FIELD_KIND_I8: length = snprintf(text, sizeof text, "%d", value->value.i8); break;
-      case AMQP_FIELD_KIND_U8: length = snprintf(text, sizeof text, "%u", value->value.u8); break;
-      case AMQP_FIELD_KIND_I16: length = snprintf(text, sizeof text, "%d", value->value.i16); break;
-      case AMQP_FIELD_KIND_U16: length = snprintf(text, sizeof text, "%u", value->value.u16); break;
-      case AMQP_FIELD_KIND_I32: length = snprintf(text, sizeof text, "%d", value->value.i32); break;
-      case AMQP_FIELD_KIND_U32: length = snprintf(text, sizeof text, "%u", value->value.u32); break;
-      case AMQP_FIELD_KIND_I64:
-        length = snprintf(text, sizeof text, "%lld", (long long)value->value.i64);
-        break;
+      case AMQP_FIELD_KIND_I8: length = decimal_text(text, value->value.i8); break;
+      case AMQP_FIELD_KIND_U8: length = decimal_text(text, value->value.u8); break;
+      case AMQP_FIELD_KIND_I16: length = decimal_text(text, value->value.i16); break;
+      case AMQP_FIELD_KIND_U16: length = decimal_text(text, value->value.u16); break;
+      case AMQP_FIELD_KIND_I32: length = decimal_text(text, value->value.i32); break;
+      case AMQP_FIELD_KIND_U32: length = decimal_text(text, value->value.u32); break;
+      case AMQP_FIELD_KIND_I64: length = decimal_text(text, value->value.i64); break;
       case AMQP_FIELD_KIND_U64:
       case AMQP_FIELD_KIND_TIMESTAMP:
         if (value->value.u64 > INT64_MAX) continue;
-        length = snprintf(text, sizeof text, "%llu", (unsigned long long)value->value.u64);
+        length = decimal_text(text, (int64_t)value->value.u64);
         break;
       case AMQP_FIELD_KIND_F32:
         header_list_add(list, HEADER_TEXT, key, key_length, text,
@@ -513,12 +548,20 @@ static int publish_now(struct channel *channel, const struct publish *publish,
     properties._flags |= AMQP_BASIC_TYPE_FLAG;
     properties.type = amqp_cstring_bytes(publish->type);
   }
-  amqp_table_entry_t entries[HEADER_LIST_MAX_ENTRIES];
-  if (publish->headers_length) {
+  amqp_table_entry_t entries[HEADER_LIST_MAX_ENTRIES + 1];
+  int count = 0;
+  if (publish->number_key) {
+    entries[0].key = amqp_cstring_bytes(publish->number_key);
+    entries[0].value.kind = AMQP_FIELD_KIND_I64;
+    entries[0].value.value.i64 = publish->number_value;
+    count = 1;
+  }
+  if (publish->headers_length)
+    count += table_of_headers(publish->headers, publish->headers_length, entries + count);
+  if (count) {
     properties._flags |= AMQP_BASIC_HEADERS_FLAG;
     properties.headers.entries = entries;
-    properties.headers.num_entries =
-        table_of_headers(publish->headers, publish->headers_length, entries);
+    properties.headers.num_entries = count;
   }
   amqp_bytes_t body = {publish->body_length, (void *)publish->body};
   if (channel->confirming && confirm_ring_reserve(&channel->unconfirmed) != 0) {
@@ -585,6 +628,8 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
   held->correlation_id = *publish->correlation_id;
   held->mandatory = publish->mandatory;
   held->token = publish->token;
+  held->number_key = publish->number_key;
+  held->number_value = publish->number_value;
   held->is_ack = 0;
   if (publish->expiration)
     held->expires_at = uv_now(channel->connection->loop) + strtoull(publish->expiration, NULL, 10);
@@ -593,11 +638,13 @@ static int hold(struct channel *channel, const struct publish *publish, struct a
 }
 
 static int send_held(struct channel *channel, struct held_publish *held, struct ad_error *error) {
-  if (held->is_ack)
+  if (held->is_ack) {
+    ack_window_settled(&channel->acks, held->ack_tag);
     return send_status(channel->connection,
                        amqp_basic_ack(channel->connection->amqp, (amqp_channel_t)channel->number,
                                       held->ack_tag, 0),
                        "acknowledging", error);
+  }
   const char *routing_key = held->data;
   const char *reply_to = routing_key + held->routing_key_length + 1;
   const char *type = reply_to + held->reply_to_length + 1;
@@ -615,7 +662,7 @@ static int send_held(struct channel *channel, struct held_publish *held, struct 
                             held->has_reply_to ? reply_to : NULL, held->has_type ? type : NULL,
                             held->has_expiration ? left : NULL, body, held->body_length,
                             held->mandatory, held->token, body + held->body_length,
-                            held->headers_length};
+                            held->headers_length, held->number_key, held->number_value};
   return publish_now(channel, &publish, error);
 }
 
@@ -642,9 +689,14 @@ int channel_publish(struct channel *channel, const struct publish *publish,
   return publish_now(channel, publish, error);
 }
 
+/* Acks made in a batch of work wait for its end (send_due_acks): those due
+ * together go as one where they can. */
 int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
   if (require_open(channel, error) != 0) return -1;
   if (channel->held_first) return hold_ack(channel, delivery_tag, error);
+  if (writes_held > 0 && channel->manual_acks && ack_window_due(&channel->acks, delivery_tag) == 0)
+    return 0;
+  ack_window_settled(&channel->acks, delivery_tag);
   return send_status(channel->connection,
                      amqp_basic_ack(channel->connection->amqp, (amqp_channel_t)channel->number,
                                     delivery_tag, 0),
@@ -654,6 +706,7 @@ int channel_ack(struct channel *channel, uint64_t delivery_tag, struct ad_error 
 int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
                    struct ad_error *error) {
   if (require_open(channel, error) != 0) return -1;
+  ack_window_settled(&channel->acks, delivery_tag);
   return send_status(channel->connection,
                      amqp_basic_reject(channel->connection->amqp, (amqp_channel_t)channel->number,
                                        delivery_tag, requeue),
@@ -662,6 +715,7 @@ int channel_reject(struct channel *channel, uint64_t delivery_tag, int requeue,
 
 int channel_requeue(struct channel *channel, uint64_t delivery_tag, struct ad_error *error) {
   if (require_open(channel, error) != 0) return -1;
+  ack_window_settled(&channel->acks, delivery_tag);
   return send_status(channel->connection,
                      amqp_basic_nack(channel->connection->amqp, (amqp_channel_t)channel->number,
                                      delivery_tag, 0, 1),
@@ -845,6 +899,7 @@ static int on_channel_method(struct channel *channel, const amqp_method_t *metho
       const amqp_basic_deliver_t *deliver = method->decoded;
       start_message(channel, 0);
       channel->incoming.delivery_tag = deliver->delivery_tag;
+      if (channel->manual_acks) ack_window_delivered(&channel->acks, deliver->delivery_tag);
       channel->incoming.redelivered = deliver->redelivered;
       return 0;
     }
@@ -965,6 +1020,99 @@ static int assembling(const struct connection *connection, amqp_channel_t number
   return channel && channel->stage != STAGE_IDLE;
 }
 
+/* ---- writing: the frames of a batch of work leave together ---- */
+
+static void on_readable(uv_poll_t *poll, int status, int events);
+
+/* A flush left bytes (the broker reads slower than we write): write the
+ * rest once the socket is writable. */
+static void on_writes_full(void *owner) {
+  struct connection *connection = owner;
+  if (connection->handles_ready && connection->state != CONNECTION_DEAD &&
+      !connection->watching_writable) {
+    connection->watching_writable = 1;
+    uv_poll_start(&connection->poll, UV_READABLE | UV_WRITABLE, on_readable);
+  }
+}
+
+/* The acks due on the channel leave now (before anything that would end
+ * it, and at the end of each batch): one basic.ack with multiple for those
+ * every earlier delivery allows, one each for the others. */
+static void send_due_acks(struct channel *channel) {
+  struct ack_window *acks = &channel->acks;
+  if (!acks->due_count) return;
+  struct connection *connection = channel->connection;
+  if (channel->state != CHANNEL_OPEN || connection->state != CONNECTION_OPEN) {
+    acks->due_count = 0; /* the channel is gone: the broker gives them back */
+    return;
+  }
+  uint64_t up_to, *singles = malloc(acks->due_count * sizeof *singles);
+  size_t count = 0;
+  if (!singles) { /* one by one, in place */
+    for (size_t i = 0; i < acks->due_count; i++) ack_window_settled(acks, acks->due[i]);
+    singles = acks->due;
+    count = acks->due_count;
+    acks->due = NULL;
+    acks->due_count = acks->due_capacity = 0;
+    up_to = 0;
+  } else {
+    ack_window_take_due(acks, &up_to, singles, &count);
+  }
+  struct ad_error error;
+  writes_held++; /* they leave together */
+  int status = AMQP_STATUS_OK;
+  amqp_channel_t number = (amqp_channel_t)channel->number;
+  if (up_to) status = amqp_basic_ack(connection->amqp, number, up_to, 1);
+  for (size_t i = 0; i < count && status == AMQP_STATUS_OK; i++)
+    status = amqp_basic_ack(connection->amqp, number, singles[i], 0);
+  writes_held--;
+  free(singles);
+  send_status(connection, status, "acknowledging", &error);
+}
+
+static void flush_writes(struct connection *connection) {
+  if (connection->state == CONNECTION_DEAD || connection->state == CONNECTION_CONNECTING)
+    return;
+  for (struct channel *channel = connection->channels;
+       channel && connection->state == CONNECTION_OPEN; channel = channel->next)
+    send_due_acks(channel);
+  if (connection->state == CONNECTION_DEAD) return;
+  if (write_batch_pending(&connection->writes) && write_batch_flush(&connection->writes) < 0) {
+    struct ad_error error;
+    error_set(&error, ERR_CONNECTION_LOST, "%s: writing: the connection failed",
+              connection->endpoint);
+    connection_lost(connection, &error);
+    return;
+  }
+  if (connection->watching_writable && !write_batch_pending(&connection->writes)) {
+    connection->watching_writable = 0;
+    uv_poll_start(&connection->poll, UV_READABLE, on_readable);
+  }
+}
+
+void transport_hold_writes(void) { writes_held++; }
+
+void transport_flush_writes(void) {
+  struct connection *next;
+  for (struct connection *c = pool; c; c = next) {
+    next = c->next; /* a failed write may end c */
+    flush_writes(c);
+  }
+}
+
+void transport_write_counts(unsigned long *frames, unsigned long *writes) {
+  *frames = frames_before;
+  *writes = writes_before;
+  for (struct connection *c = pool; c; c = c->next) {
+    *frames += c->writes.frames;
+    *writes += c->writes.writes;
+  }
+}
+
+void transport_release_writes(void) {
+  if (writes_held > 0 && --writes_held == 0) transport_flush_writes();
+}
+
 /* Reads every frame rabbitmq-c can give without blocking. The first read
  * always happens (it also sends and checks heartbeats); later ones only while
  * rabbitmq-c holds buffered data: asking the socket again would cost a recv
@@ -973,6 +1121,7 @@ static int assembling(const struct connection *connection, amqp_channel_t number
 static void drain(struct connection *connection) {
   struct ad_error error;
   connection->draining = 1;
+  transport_hold_writes(); /* the acks and replies of every frame read leave together */
   int first = 1;
   while ((connection->state == CONNECTION_OPEN || connection->state == CONNECTION_CLOSING) &&
          !connection->destroy_requested &&
@@ -997,16 +1146,18 @@ static void drain(struct connection *connection) {
     if (connection->amqp && !assembling(connection, frame.channel))
       amqp_maybe_release_buffers_on_channel(connection->amqp, frame.channel);
   }
+  transport_release_writes();
   connection->draining = 0;
   if (connection->destroy_requested) connection_destroy(connection);
 }
 
 /* libuv reports a socket error (POLLERR, e.g. a reset) as a negative status;
- * reading lets rabbitmq-c say what really happened. */
+ * reading lets rabbitmq-c say what really happened. Writable: the socket
+ * has room again for what a flush left. */
 static void on_readable(uv_poll_t *poll, int status, int events) {
-  (void)events;
   struct connection *connection = poll->data;
-  drain(connection);
+  if (status == 0 && (events & UV_WRITABLE)) flush_writes(connection);
+  if (status < 0 || (events & UV_READABLE)) drain(connection);
   if (status < 0 && connection->state == CONNECTION_OPEN && !connection->destroy_requested) {
     struct ad_error error;
     error_set(&error, ERR_CONNECTION_LOST, "%s: the connection failed (socket error)",
@@ -1056,6 +1207,9 @@ int transport_keepalive(uv_loop_t *loop, uint64_t now_ms) {
     /* a failure shows at the next read, from the loop: nothing is torn down here */
     amqp_send_frame(c->amqp, &frame);
   }
+  /* Lua holds the loop, maybe inside a batch of jobs: the heartbeat, and
+   * what the jobs before this one sent, leave now */
+  transport_flush_writes();
   return shortest;
 }
 
@@ -1224,6 +1378,9 @@ static void start_watching(struct connection *connection) {
   connection->poll.data = connection->heartbeat_timer.data = connection->drain_timer.data =
       connection->notify_timer.data = connection->close_timer.data = connection;
   connection->handles_ready = 1;
+  if (!connection->url.info.ssl) /* TLS: rabbitmq-c writes through OpenSSL, as it always did */
+    write_batch_attach(&connection->writes, connection->amqp, &writes_held, on_writes_full,
+                       connection);
   uv_poll_start(&connection->poll, UV_READABLE, on_readable);
   int heartbeat = amqp_get_heartbeat(connection->amqp);
   if (heartbeat > 0) {
@@ -1359,6 +1516,7 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
   channel->state = CHANNEL_WAITING;
   channel->max_body = options->max_body;
   confirm_ring_init(&channel->unconfirmed);
+  ack_window_init(&channel->acks);
   byte_buffer_init(&channel->body);
   byte_buffer_init(&channel->incoming_headers);
   channel->next = connection->channels;
@@ -1369,6 +1527,7 @@ struct channel *channel_open(uv_loop_t *loop, const struct amqp_url *url,
 
 void channel_release(struct channel *channel) {
   struct connection *connection = channel->connection;
+  send_due_acks(channel); /* before its channel.close (or the connection's close) */
   channel->released = 1;
   free_held(channel);
   int polite = connection->state == CONNECTION_OPEN &&

@@ -105,6 +105,10 @@ struct publish {
   uint64_t token;      /* handed back by on_confirm */
   const char *headers; /* a header list (header_list.h), NULL for none */
   size_t headers_length;
+  /* One more header, first, from a number (the deadline): no text on the
+   * way. NULL for none; the key must outlive the publish (a literal). */
+  const char *number_key;
+  int64_t number_value;
 };
 
 /* What a queue declare asks for. */
@@ -163,6 +167,19 @@ const char *channel_endpoint(const struct channel *channel);
  * one this sent (now_ms: a monotonic clock). Reads nothing. Returns the
  * shortest heartbeat interval in seconds (0: none). */
 int transport_keepalive(uv_loop_t *loop, uint64_t now_ms);
+/* Batches of work (the frames read in one go, the jobs of one loop turn):
+ * while held, what the connections send is collected, and written once per
+ * connection when the outermost hold is released, with no wait for more
+ * work. A send from outside any hold is written at once. Holds nest. */
+void transport_hold_writes(void);
+void transport_release_writes(void);
+/* Writes what the holds collected so far (Lua holds the loop: the keepalive
+ * hook), the holds staying. */
+void transport_flush_writes(void);
+/* Frames sent and write(2) calls made by this process's batched
+ * connections so far (TLS ones write as rabbitmq-c does and count in
+ * neither). */
+void transport_write_counts(unsigned long *frames, unsigned long *writes);
 /* 1 when a connection to url with these options is open or opening, so a
  * new owner can share it. */
 int transport_has_connection(uv_loop_t *loop, const struct amqp_url *url,
