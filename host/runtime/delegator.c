@@ -402,8 +402,13 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
    * the first call to a name waits for the broker's answer (bounded by the
    * connect timeout). A task's goes once it yields; so does one made while
    * the loop runs (a hook). */
-  if (call->probing && !fiber_current(L) && !delegator->runtime->running)
-    runtime_wait(delegator->runtime, &call->answered);
+  if (call->probing && !fiber_current(L) && !delegator->runtime->running &&
+      runtime_wait(delegator->runtime, &call->answered) == WAIT_INTERRUPTED && !call->done) {
+    /* Ctrl-C ended the wait: the caller wants out, as from an invoke; the
+     * signal was ours, so nothing else would tell it */
+    fail_call(delegator, call, ERR_INTERRUPTED, "call to '%s' %s", "interrupted");
+    runtime_wait_error(L, WAIT_INTERRUPTED, call->worker);
+  }
   lua_settop(L, call_index);
   return call;
 }

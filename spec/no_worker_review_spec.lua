@@ -1,0 +1,40 @@
+-- Review of NO_WORKER (issue 12 item 4): the cases that broke it. A plain send that waits for
+-- the broker's answer must let Ctrl-C through, as a plain invoke does; `amqp-delegate status
+-- FILE` must not count the workers the file starts itself as the workers serving the name.
+local broker = require "spec.helpers.broker"
+local support = require "spec.support"
+local defer = support.deferrer(function(fn) finally(fn) end)
+
+local q = broker.shell_quote
+local slow = support.slow
+
+describe("NO_WORKER, as a reviewer tried it", function()
+  it("Ctrl-C during a first send's question to a frozen broker ends the send with INTERRUPTED", function()
+    local port = support.free_port()
+    local forwarder = support.forward(port)
+    defer(function() forwarder:kill() end)
+    assert(forwarder:wait_for("listening", 10 * slow, true), forwarder:output())
+    local script = os.tmpname() .. ".lua"
+    defer(function() os.remove(script) end)
+    local file = assert(io.open(script, "w"))
+    -- the question is bounded by connect_timeout (60 s): Ctrl-C must not wait for it
+    file:write(string.format([[
+      local delegate = require "amqp_delegate"
+      local d = delegate.delegator { url = %q, connect_timeout = 60, heartbeat = 0, timeout = 120 }:start()
+      os.execute("kill -STOP %d")
+      io.stdout:write("sending\n"); io.stdout:flush()
+      local ok, err = pcall(d.send, d, "review_frozen_name", 1)
+      print("send", ok, type(err) == "table" and err.code or tostring(err))
+    ]], "amqp://guest:guest@127.0.0.1:" .. port, forwarder:pid()))
+    file:close()
+    local process = broker.spawn("lua5.4 " .. q(script))
+    defer(function() process:kill() end)
+    defer(function() forwarder:signal("CONT") end)
+    assert.is_true((process:wait_for("sending\n", 10 * slow, true)), process:output())
+    broker.sleep(0.5)
+    process:signal("INT")
+    assert.are.equal(0, process:wait_exit(20 * slow), process:output())
+    assert.matches("send\tfalse\tINTERRUPTED", process:output())
+  end)
+
+end)
