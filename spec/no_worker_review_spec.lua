@@ -37,4 +37,23 @@ describe("NO_WORKER, as a reviewer tried it", function()
     assert.matches("send\tfalse\tINTERRUPTED", process:output())
   end)
 
+  it("`amqp-delegate status FILE` refuses a file that starts a worker itself: it would count it", function()
+    local name = support.unique("nw_review_self")
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
+    local file = os.tmpname() .. ".lua"
+    defer(function() os.remove(file) end)
+    local handle = assert(io.open(file, "w"))
+    handle:write(string.format([[
+      local delegate = require "amqp_delegate"
+      local worker = { name = %q, task = function(x) return x end }
+      delegate.worker({ url = %q, name = worker.name, task = worker.task }):start()
+      return worker
+    ]], name, broker.url()))
+    handle:close()
+    local out, code, err = broker.run(table.concat({ "timeout", "-k", "2", tostring(math.ceil(30 * slow)),
+      q(support.host_binary()), "status", "--url", q(broker.url()), q(file) }, " ") .. " </dev/null")
+    assert.are.equal(1, code, out .. err)
+    assert.is_falsy(out:find("served", 1, true), out)
+    assert.truthy(err:find(file, 1, true) and err:find("starts", 1, true), err)
+  end)
 end)

@@ -65,9 +65,13 @@ static void add_file_names(lua_State *L, int names, const char *file) {
   int result = lua_gettop(L);
   int started = 0;
   for (struct service *s = runtime_get(L)->services; s; s = s->next) started++;
+  /* its own workers would consume the queues asked about: "served", by itself */
+  if (started > services)
+    luaL_error(L, "%s starts workers itself when loaded, which status would count: give the "
+               "NAMEs of the workers it starts", file);
   if (lua_type(L, result) != LUA_TTABLE)
-    luaL_error(L, "%s returns %s, not a worker table: give the NAMEs of the workers it %s", file,
-               luaL_typename(L, result), started > services ? "starts" : "serves");
+    luaL_error(L, "%s returns %s, not a worker table: give the NAMEs of the workers it serves",
+               file, luaL_typename(L, result));
   lua_rawgeti(L, result, 1);
   int is_list = lua_type(L, -1) == LUA_TTABLE;
   lua_pop(L, 1);
