@@ -56,4 +56,36 @@ describe("NO_WORKER, as a reviewer tried it", function()
     assert.is_falsy(out:find("served", 1, true), out)
     assert.truthy(err:find(file, 1, true) and err:find("starts", 1, true), err)
   end)
+
+  -- the slot a name had in served_names (one name per slot then): FNV-1a 64 of its bytes modulo
+  -- 256 (Lua's integers wrap as C's uint64_t does); names sharing it share a set now
+  local function slot_of(name)
+    local hash = 1469598103934665603
+    for i = 1, #name do hash = (hash ~ name:byte(i)) * 1099511628211 end
+    return hash & 255
+  end
+
+  it("two served names that share a slot are asked about once each, not on every call", function()
+    local prefix, seen, first, second = support.unique("nw_review_slot"), {}, nil, nil
+    for i = 1, 1000 do
+      local name = prefix .. "_" .. i
+      local slot = slot_of(name)
+      if seen[slot] then first, second = seen[slot], name break end
+      seen[slot] = name
+    end
+    assert(first and second, "no two names share a slot")
+    defer(function() pcall(broker.ctl, "delete_queue", first) end)
+    defer(function() pcall(broker.ctl, "delete_queue", second) end)
+    local workers = support.in_process_workers(broker.url())
+    defer(function() workers.stop_all() end)
+    workers.serve({ name = first, task = function(x) return x + 1 end })
+    workers.serve({ name = second, task = function(x) return x + 2 end })
+    local delegator = support.delegator({ timeout = 20 * slow })
+    defer(function() pcall(delegator.stop, delegator) end)
+    for i = 1, 5 do
+      assert.are.equal(i + 1, delegator:invoke(first, i))
+      assert.are.equal(i + 2, delegator:invoke(second, i))
+    end
+    assert.are.equal(2, delegator:stats().worker_checks)
+  end)
 end)
