@@ -88,4 +88,25 @@ describe("NO_WORKER, as a reviewer tried it", function()
     end
     assert.are.equal(2, delegator:stats().worker_checks)
   end)
+
+  it("`amqp-delegate status` names the operand or the file whose worker name is too long", function()
+    local long = string.rep("n", 300)
+    local function status(...)
+      local words = { "timeout", "-k", "2", tostring(math.ceil(30 * slow)), q(support.host_binary()),
+        "status", "--url", q(broker.url()) }
+      for _, word in ipairs({ ... }) do words[#words + 1] = q(word) end
+      return broker.run(table.concat(words, " ") .. " </dev/null")
+    end
+    local out, code, err = status("fine_name", long)
+    assert.are.equal(2, code, out .. err)
+    assert.truthy(err:find(long:sub(1, 32), 1, true) and err:find("255", 1, true), err)
+    local file = os.tmpname() .. ".lua"
+    defer(function() os.remove(file) end)
+    local handle = assert(io.open(file, "w"))
+    handle:write(string.format("return { name = %q, task = print }\n", long))
+    handle:close()
+    out, code, err = status(file)
+    assert.are.equal(1, code, out .. err)
+    assert.truthy(err:find(file, 1, true) and err:find("255", 1, true), err)
+  end)
 end)

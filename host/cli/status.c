@@ -50,9 +50,21 @@ static int is_worker_file(const char *operand) {
   return length > 4 && strcmp(operand + length - 4, ".lua") == 0;
 }
 
+#define NAME_MAX_BYTES 255 /* an AMQP short string: a queue name */
+
+/* 1 to 255 bytes, no NUL: a name delegator:status() takes. */
+static int is_worker_name(const char *name, size_t length) {
+  return length > 0 && length <= NAME_MAX_BYTES && strlen(name) == length;
+}
+
 static void add_name(lua_State *L, int names, const char *file, int table) {
   if (lua_getfield(L, table, "name") != LUA_TSTRING)
     luaL_error(L, "%s returns a worker without a name (a string)", file);
+  size_t length = 0;
+  const char *name = lua_tolstring(L, -1, &length);
+  if (!is_worker_name(name, length))
+    luaL_error(L, "%s returns a worker whose name is not 1 to %d bytes without NUL bytes", file,
+               NAME_MAX_BYTES);
   lua_rawseti(L, names, (lua_Integer)lua_rawlen(L, names) + 1);
 }
 
@@ -183,6 +195,12 @@ int command_status(int argc, char **argv, int command) {
   if (status_code) return status_code < 0 ? EXIT_OK : status_code;
   if (options.rest_count == 0)
     return fail(EXIT_USAGE, "status needs a worker NAME or FILE (see amqp-delegate status --help)");
+  for (int i = 0; i < options.rest_count; i++) {
+    const char *operand = options.rest[i];
+    if (!is_worker_file(operand) && !is_worker_name(operand, strlen(operand)))
+      return fail(EXIT_USAGE, "status: '%.64s%s' is not a worker name (1 to %d bytes)", operand,
+                  strlen(operand) > 64 ? "..." : "", NAME_MAX_BYTES);
+  }
   lua_State *L = new_state();
   if (!L) return fail(EXIT_FAILED, "cannot create a Lua state");
   lua_pushboolean(L, debug_logging(&options));
