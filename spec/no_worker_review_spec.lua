@@ -109,4 +109,18 @@ describe("NO_WORKER, as a reviewer tried it", function()
     assert.are.equal(1, code, out .. err)
     assert.truthy(err:find(file, 1, true) and err:find("255", 1, true), err)
   end)
+
+  it("calls to a name no queue has are asked about once: the broker's return says NO_ROUTE for free", function()
+    -- each question about a missing queue costs a channel the broker closes with a 404, and a
+    -- line at [error] in the broker's log: a caller retrying a misspelt name must not flood it
+    local delegator = support.delegator({ timeout = 20 * slow })
+    defer(function() pcall(delegator.stop, delegator) end)
+    local name = support.unique("nw_review_nowhere")
+    for _ = 1, 5 do
+      local ok, err = pcall(delegator.invoke, delegator, name, 1)
+      assert.is_false(ok)
+      assert.are.equal("NO_ROUTE", err.code, tostring(err))
+    end
+    assert.are.equal(1, delegator:stats().worker_checks)
+  end)
 end)
