@@ -23,7 +23,8 @@ static const char status_usage[] =
     "\n"
     "Asks the broker about each worker NAME, or about the workers each worker FILE (an\n"
     "operand ending in .lua, loaded as run loads it, nothing started) returns: whether its\n"
-    "queue exists, how many workers consume it and how many requests wait in it.\n"
+    "queue exists, how many workers consume it and how many requests wait in it. A FILE\n"
+    "that starts a worker itself is refused: that worker would count; give its NAME.\n"
     "  amqp-delegate status adder scripts/greet.lua\n"
     "  NAME   WORKERS  WAITING  STATE\n"
     "  adder        2        0  served\n"
@@ -50,9 +51,21 @@ static int is_worker_file(const char *operand) {
   return length > 4 && strcmp(operand + length - 4, ".lua") == 0;
 }
 
+#define NAME_MAX_BYTES 255 /* an AMQP short string: a queue name */
+
+/* 1 to 255 bytes, no NUL: a name delegator:status() takes. */
+static int is_worker_name(const char *name, size_t length) {
+  return length > 0 && length <= NAME_MAX_BYTES && strlen(name) == length;
+}
+
 static void add_name(lua_State *L, int names, const char *file, int table) {
   if (lua_getfield(L, table, "name") != LUA_TSTRING)
     luaL_error(L, "%s returns a worker without a name (a string)", file);
+  size_t length = 0;
+  const char *name = lua_tolstring(L, -1, &length);
+  if (!is_worker_name(name, length))
+    luaL_error(L, "%s returns a worker whose name is not 1 to %d bytes without NUL bytes", file,
+               NAME_MAX_BYTES);
   lua_rawseti(L, names, (lua_Integer)lua_rawlen(L, names) + 1);
 }
 
@@ -65,9 +78,13 @@ static void add_file_names(lua_State *L, int names, const char *file) {
   int result = lua_gettop(L);
   int started = 0;
   for (struct service *s = runtime_get(L)->services; s; s = s->next) started++;
+  /* its own workers would consume the queues asked about: "served", by itself */
+  if (started > services)
+    luaL_error(L, "%s starts workers itself when loaded, which status would count: give the "
+               "NAMEs of the workers it starts", file);
   if (lua_type(L, result) != LUA_TTABLE)
-    luaL_error(L, "%s returns %s, not a worker table: give the NAMEs of the workers it %s", file,
-               luaL_typename(L, result), started > services ? "starts" : "serves");
+    luaL_error(L, "%s returns %s, not a worker table: give the NAMEs of the workers it serves",
+               file, luaL_typename(L, result));
   lua_rawgeti(L, result, 1);
   int is_list = lua_type(L, -1) == LUA_TTABLE;
   lua_pop(L, 1);
@@ -179,6 +196,12 @@ int command_status(int argc, char **argv, int command) {
   if (status_code) return status_code < 0 ? EXIT_OK : status_code;
   if (options.rest_count == 0)
     return fail(EXIT_USAGE, "status needs a worker NAME or FILE (see amqp-delegate status --help)");
+  for (int i = 0; i < options.rest_count; i++) {
+    const char *operand = options.rest[i];
+    if (!is_worker_file(operand) && !is_worker_name(operand, strlen(operand)))
+      return fail(EXIT_USAGE, "status: '%.64s%s' is not a worker name (1 to %d bytes)", operand,
+                  strlen(operand) > 64 ? "..." : "", NAME_MAX_BYTES);
+  }
   lua_State *L = new_state();
   if (!L) return fail(EXIT_FAILED, "cannot create a Lua state");
   lua_pushboolean(L, debug_logging(&options));

@@ -5,8 +5,9 @@
  * NO_ROUTE at once; a deadline timer ends it with TIMEOUT. Before the first
  * call to a name, and after a call to it timed out, the broker is asked
  * whether a worker consumes its queue (queue_probe.h): a call to a queue
- * nobody consumes ends NO_WORKER at once, never enqueued. Names seen served
- * are kept (served_names.h), so the calls after the first cost nothing more.
+ * nobody consumes ends NO_WORKER at once, never enqueued. Names seen served,
+ * or without a queue (their calls are returned: NO_ROUTE), are kept
+ * (served_names.h), so the calls after the first cost nothing more.
  * Transport callbacks only settle C state; waiters wake from the job queue. */
 #include "delegator.h"
 
@@ -423,8 +424,13 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
    * the first call to a name waits for the broker's answer (bounded by the
    * connect timeout). A task's goes once it yields; so does one made while
    * the loop runs (a hook). */
-  if (call->probing && !fiber_current(L) && !delegator->runtime->running)
-    runtime_wait(delegator->runtime, &call->answered);
+  if (call->probing && !fiber_current(L) && !delegator->runtime->running &&
+      runtime_wait(delegator->runtime, &call->answered) == WAIT_INTERRUPTED && !call->done) {
+    /* Ctrl-C ended the wait: the caller wants out, as from an invoke; the
+     * signal was ours, so nothing else would tell it */
+    fail_call(delegator, call, ERR_INTERRUPTED, "call to '%s' %s", "interrupted");
+    runtime_wait_error(L, WAIT_INTERRUPTED, call->worker);
+  }
   byte_buffer_fit(&call->body); /* kept (held, or for a re-send): only what it needs */
   lua_settop(L, call_index);
   return call;
@@ -490,7 +496,11 @@ static void answer_call(struct delegator *delegator, struct call *call,
 static void on_probe_answer(void *owner, const struct probe_answer *answer) {
   struct delegator *delegator = owner;
   delegator->stats.worker_checks++;
-  if (answer->outcome == PROBE_FOUND && answer->consumers > 0)
+  /* Served, or no queue at all: the next calls go without a question. A call
+   * to a missing queue is returned (NO_ROUTE) at no cost, while each question
+   * about it costs a channel the broker closes, and an error in its log. */
+  if (answer->outcome == PROBE_NO_QUEUE ||
+      (answer->outcome == PROBE_FOUND && answer->consumers > 0))
     served_names_add(&delegator->served, answer->name);
   struct call *call = delegator->calls;
   while (call) {

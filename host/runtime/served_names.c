@@ -1,6 +1,8 @@
-/* A set of worker names with one slot per hash (served_names.h): looking a
- * name up is a hash and a compare on every call, so it must stay that cheap;
- * losing a name to a collision costs one question to the broker, no more. */
+/* A set of worker names (served_names.h) in sets of a few ways each: looking
+ * a name up is a hash and a few compares on every call, so it must stay that
+ * cheap; names that share a set live side by side, so two names in one slot
+ * do not push each other out on every call. Losing a name to a full set costs
+ * one question to the broker, no more. */
 #include "served_names.h"
 
 #include <stdint.h>
@@ -9,6 +11,9 @@
 
 #include "fnv1a.h"
 
+#define WAYS 4
+#define SETS (SERVED_NAMES_SLOTS / WAYS)
+
 struct served_name {
   uint64_t hash;
   char name[]; /* NUL-terminated */
@@ -16,34 +21,51 @@ struct served_name {
 
 static uint64_t hash_name(const char *name) { return fnv1a(FNV1A_START, name, strlen(name)); }
 
+static struct served_name **set_of(struct served_names *names, uint64_t hash) {
+  return &names->slots[(hash % SETS) * WAYS];
+}
+
+static int is(const struct served_name *entry, uint64_t hash, const char *name) {
+  return entry && entry->hash == hash && strcmp(entry->name, name) == 0;
+}
+
 void served_names_init(struct served_names *names) { memset(names, 0, sizeof *names); }
 
 int served_names_has(const struct served_names *names, const char *name) {
   uint64_t hash = hash_name(name);
-  const struct served_name *entry = names->slots[hash % SERVED_NAMES_SLOTS];
-  return entry && entry->hash == hash && strcmp(entry->name, name) == 0;
+  struct served_name *const *set = &names->slots[(hash % SETS) * WAYS];
+  for (int way = 0; way < WAYS; way++)
+    if (is(set[way], hash, name)) return 1;
+  return 0;
 }
 
+/* A newcomer goes first in its set; the last (least recently added) goes
+ * when the set is full. */
 int served_names_add(struct served_names *names, const char *name) {
   uint64_t hash = hash_name(name);
-  struct served_name **slot = &names->slots[hash % SERVED_NAMES_SLOTS];
-  if (*slot && (*slot)->hash == hash && strcmp((*slot)->name, name) == 0) return 0;
+  struct served_name **set = set_of(names, hash);
+  for (int way = 0; way < WAYS; way++)
+    if (is(set[way], hash, name)) return 0;
   size_t length = strlen(name);
   struct served_name *entry = malloc(sizeof *entry + length + 1);
   if (!entry) return -1;
   entry->hash = hash;
   memcpy(entry->name, name, length + 1);
-  free(*slot);
-  *slot = entry;
+  free(set[WAYS - 1]);
+  memmove(&set[1], &set[0], (WAYS - 1) * sizeof *set);
+  set[0] = entry;
   return 0;
 }
 
 void served_names_forget(struct served_names *names, const char *name) {
   uint64_t hash = hash_name(name);
-  struct served_name **slot = &names->slots[hash % SERVED_NAMES_SLOTS];
-  if (*slot && (*slot)->hash == hash && strcmp((*slot)->name, name) == 0) {
-    free(*slot);
-    *slot = NULL;
+  struct served_name **set = set_of(names, hash);
+  for (int way = 0; way < WAYS; way++) {
+    if (!is(set[way], hash, name)) continue;
+    free(set[way]);
+    memmove(&set[way], &set[way + 1], (size_t)(WAYS - 1 - way) * sizeof *set);
+    set[WAYS - 1] = NULL;
+    return;
   }
 }
 

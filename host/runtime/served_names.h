@@ -1,9 +1,11 @@
 /* The worker names a delegator has seen served: their queue had a consumer
- * when it last asked the broker (queue_probe.h). Calls to these names go out
- * without a question; a timeout forgets the name, so the next call asks.
- * Bounded: a slot per hash, a newcomer takes the slot of an old name (which
- * is then asked about again), so a delegator calling many names keeps only
- * SERVED_NAMES_SLOTS of them. */
+ * when it last asked the broker (queue_probe.h), or there was no queue (the
+ * broker returns such a call: NO_ROUTE, without a question). Calls to these
+ * names go out without a question; a timeout forgets the name, so the next
+ * call asks.
+ * Bounded: SERVED_NAMES_SLOTS names in sets of 4 by hash; a newcomer to a
+ * full set takes the place of its oldest name (which is then asked about
+ * again), so a delegator calling many names keeps at most that many. */
 #ifndef AD_SERVED_NAMES_H
 #define AD_SERVED_NAMES_H
 
