@@ -18,7 +18,7 @@
 #    (scripts/instrumented-specs.sh valgrind; reports in build/valgrind-logs)
 #    Stages 6 and 7 get no CLUSTER_* (the cluster is stopped by then): cluster specs are pending.
 #    They leave out the installation and document specs (luarocks, packaging, readme), and
-#    stage 7 the command-line parsing ones (cli, exit_status, shell) too: see not_instrumented.
+#    stage 7 the command-line parsing, crowd and long-task ones too: see not_instrumented.
 #    SPECS="spec/a_spec.lua ..." chooses the files of both stages instead.
 # 8. builds the libFuzzer targets in build-fuzz/ with clang and runs each for FUZZ_SECONDS
 # Stages 6-8 run even when an earlier spec stage failed. Exits non-zero when busted failed or
@@ -263,10 +263,11 @@ stage_failed() { later+=("$1: FAILED${2:+ ($2)}"); overall=1; }
 
 # The instrumented stages rerun the specs that drive the C code, not those that check the
 # installation and the documents (the same binaries, built and installed: stage 5 runs them),
-# and valgrind (8-10x slower than ASan) leaves the command-line parsing specs to ASan+UBSan too:
-# that keeps the whole run near 18 minutes here.
+# and valgrind (8-10x slower than ASan) leaves to ASan+UBSan the command-line parsing specs and
+# those made of volume or CPU-bound Lua (a crowd of calls, 30 s tasks), whose C paths the other
+# specs drive under valgrind too: that keeps the whole run near 17 minutes here.
 not_instrumented="luarocks_spec packaging_spec readme_spec"
-not_under_valgrind="cli_spec exit_status_spec shell_spec"
+not_under_valgrind="cli_spec exit_status_spec shell_spec crowd_spec long_tasks_spec"
 specs_but() { # NAMES... -> the spec files without those (spec/NAME.lua)
     local file name keep list=()
     for file in "$ROOT"/spec/*_spec.lua; do
