@@ -190,6 +190,10 @@ static void become_stopped(struct lifecycle *lifecycle, int failed) {
   drop_channel(lifecycle);
   lifecycle->state = LIFECYCLE_STOPPED;
   lifecycle->stopped = 1;
+  if (lifecycle->stop_waiter) {
+    *lifecycle->stop_waiter = 1;
+    lifecycle->stop_waiter = NULL;
+  }
   if (lifecycle->is_service) {
     if (failed) lifecycle->runtime->service_failures++;
     runtime_remove_service(lifecycle->runtime, &lifecycle->service);
@@ -534,7 +538,10 @@ void lifecycle_stop(struct lifecycle *lifecycle, lua_State *L) {
   begin_stop(lifecycle);
   /* A task or hook does not wait: its own stop may be waiting for it. */
   if (fiber_current(L) || lifecycle->runtime->running) return;
-  runtime_run_until(lifecycle->runtime, &lifecycle->stopped);
+  int done = lifecycle->state == LIFECYCLE_STOPPED;
+  if (!done) lifecycle->stop_waiter = &done;
+  runtime_run_until(lifecycle->runtime, &done);
+  if (lifecycle->stop_waiter == &done) lifecycle->stop_waiter = NULL; /* the loop ran dry */
   /* and its on_close hook has run when stop() returns */
   struct runtime *runtime = lifecycle->runtime;
   runtime->running = 1;
