@@ -84,8 +84,11 @@ describe("batched writes", function()
     support.node_declare(name, '{"durable": false}')
     -- both requests wait in the queue, so the host takes them in one read and runs both
     -- tasks in one turn: the quick one first, then the one that spins 3 s without yielding
-    local quick = delegator:send(name, 0.01)
-    local long = delegator:send(name, 3)
+    -- (the delegator must not ask for a worker first: there is none yet, on purpose)
+    local unchecked = support.delegator({ timeout = 30 * support.slow, check_workers = false })
+    defer(function() pcall(unchecked.stop, unchecked) end)
+    local quick = unchecked:send(name, 0.01)
+    local long = unchecked:send(name, 3)
     -- not waiting for its "ready" line: it may reach the output file only after the long task
     local host = support.host({ "spec/workers/cpu_bound.lua" },
       { env = { WORKER_NAME = name, WORKER_CONCURRENCY = "2" }, wait = false })
