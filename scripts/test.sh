@@ -15,7 +15,8 @@
 # 6. builds build-asan/ with -DAMQP_DELEGATE_SANITIZE=ON (ASan + UBSan), runs its ctest and the
 #    specs again against it (scripts/instrumented-specs.sh asan; reports in build-asan/spec-logs)
 # 7. runs the specs again with busted's lua5.4 and every host under valgrind memcheck
-#    (scripts/instrumented-specs.sh valgrind; reports in build/valgrind-logs)
+#    (scripts/instrumented-specs.sh valgrind; reports in build/valgrind-logs). With both on,
+#    6 and 7 run side by side, valgrind against a second node of its own started during 5.
 #    Stages 6 and 7 get no CLUSTER_* (the cluster is stopped by then): cluster specs are pending.
 #    They leave out the installation and document specs (luarocks, packaging, readme), and
 #    stage 7 the command-line parsing, crowd and long-task ones too: see not_instrumented.
@@ -118,17 +119,34 @@ stop_cluster() { # stops the cluster's nodes (also while it is still starting) a
     cluster_dir=""
 }
 
-kill_spawned() {
-    [ -f "$AMQP_DELEGATE_PIDS" ] || return 0
+# The valgrind stage's own node, so that it runs beside the ASan stage (each stage restarts,
+# alarms and closes connections of its node): started in the background during stage 5.
+side_dir=""        # its RABBITMQ_DIR, while it may have a node
+side_pid=""        # scripts/rabbitmq.sh start, while it runs
+instrumented_pids=()
+stop_side_node() {
+    [ -n "$side_dir" ] || return 0
+    [ -n "$side_pid" ] && wait "$side_pid" 2>/dev/null
+    side_pid=""
+    kill_spawned "$side_dir.pids"
+    bash "$ROOT/scripts/rabbitmq.sh" stop "$side_dir" >/dev/null 2>&1 \
+        || echo "test.sh: warning: could not stop the node in $side_dir" >&2
+    rm -rf "$side_dir" "$side_dir.pids" "$side_dir.tmp" "$side_dir.start.log"
+    side_dir=""
+}
+
+kill_spawned() { # [PIDS FILE]: the processes the specs left (default: $AMQP_DELEGATE_PIDS)
+    local file=${1:-$AMQP_DELEGATE_PIDS}
+    [ -f "$file" ] || return 0
     local pid pids=() sig
     while read -r pid; do
         [[ "$pid" =~ ^[0-9]+$ ]] || continue
         # only processes that still carry our marker (no pid reuse accidents)
         [ -r "/proc/$pid/environ" ] || continue
         { tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null \
-            | grep -qxF "AMQP_DELEGATE_PIDS=$AMQP_DELEGATE_PIDS" || continue
+            | grep -qxF "AMQP_DELEGATE_PIDS=$file" || continue
         pids+=("$pid")
-    done < "$AMQP_DELEGATE_PIDS"
+    done < "$file"
     [ ${#pids[@]} -gt 0 ] || return 0
     echo "test.sh: stopping ${#pids[@]} process(es) left by the specs: ${pids[*]}" >&2
     for sig in TERM KILL; do
@@ -149,11 +167,13 @@ cleanup() {
         pkill -TERM -P "$prebuild_pid" 2>/dev/null || true
         kill -TERM "$prebuild_pid" 2>/dev/null || true
     fi
-    if [ -n "$busted_pid" ] && kill -0 "$busted_pid" 2>/dev/null; then
-        kill -TERM -- "-$busted_pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$busted_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$busted_pid" 2>/dev/null || true
-    fi
+    local group
+    for group in $busted_pid "${instrumented_pids[@]}"; do
+        kill -0 "$group" 2>/dev/null || continue
+        kill -TERM -- "-$group" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$group" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$group" 2>/dev/null || true
+    done
     [ -n "$log" ] && rm -f "$log"
     if [ "${KEEP_BROKER:-0}" = 1 ]; then
         echo "test.sh: KEEP_BROKER=1: node left running in $RABBITMQ_DIR (stop: bash scripts/rabbitmq.sh stop $RABBITMQ_DIR)" >&2
@@ -161,6 +181,7 @@ cleanup() {
     else
         kill_spawned
         stop_cluster
+        stop_side_node
         rm -f "$AMQP_DELEGATE_PIDS"
         rm -rf "$AMQP_DELEGATE_TMPDIR"
         if [ -d "$RABBITMQ_DIR" ]; then
@@ -214,6 +235,11 @@ unset LUA_CPATH_5_4   # it would take precedence over LUA_CPATH in Lua 5.4
 export PATH="$BUILD:$PATH"
 
 section "5/8 specs (busted, Lua 5.4)"
+if [ "${SANITIZE:-1}" = 1 ] && [ "${VALGRIND:-1}" = 1 ]; then
+    side_dir=$(mktemp -d /tmp/amqp-delegate-test.XXXXXX)
+    setsid bash "$ROOT/scripts/rabbitmq.sh" start "$side_dir" >"$side_dir.start.log" 2>&1 </dev/null &
+    side_pid=$!
+fi
 log="$AMQP_DELEGATE_TMPDIR/busted.log"
 # Busted runs in its own process group, in the background, so that INT/TERM reach our traps at
 # once and the cleanup can stop it. (No --lua=lua5.4: we already run it under lua5.4, and that
@@ -263,11 +289,11 @@ stage_failed() { later+=("$1: FAILED${2:+ ($2)}"); overall=1; }
 
 # The instrumented stages rerun the specs that drive the C code, not those that check the
 # installation and the documents (the same binaries, built and installed: stage 5 runs them),
-# and valgrind (8-10x slower than ASan) leaves to ASan+UBSan the command-line parsing specs and
-# those made of volume or CPU-bound Lua (a crowd of calls, 30 s tasks), whose C paths the other
-# specs drive under valgrind too: that keeps the whole run near 17 minutes here.
+# and valgrind (8-10x slower than ASan) leaves to ASan+UBSan the command-line parsing specs,
+# those made of volume or CPU-bound Lua (a crowd of calls, 30 s tasks) and the metrics server's
+# (an HTTP client per scrape): that keeps the whole run near 17 minutes here.
 not_instrumented="luarocks_spec packaging_spec readme_spec"
-not_under_valgrind="cli_spec exit_status_spec shell_spec crowd_spec long_tasks_spec"
+not_under_valgrind="cli_spec exit_status_spec shell_spec crowd_spec long_tasks_spec metrics_spec"
 specs_but() { # NAMES... -> the spec files without those (spec/NAME.lua)
     local file name keep list=()
     for file in "$ROOT"/spec/*_spec.lua; do
@@ -291,14 +317,42 @@ instrumented() { # MODE BUILD_DIR LOG_DIR [BUSTED ARGS...]: the specs under ASan
     if [ "$rc" = 0 ]; then later+=("$(cat "$logs/summary")"); else stage_failed "$mode" "$(cat "$logs/summary" 2>/dev/null || echo "exit $rc")"; fi
 }
 
+# MODE BUILD_DIR LOG_DIR NODE_DIR [BUSTED ARGS...]: starts the specs under ASan or valgrind in
+# the background against the node of NODE_DIR (its env, its own pids and temp files), with
+# their output in LOG_DIR.out; the run's process group goes into instrumented_pids.
+start_instrumented() {
+    local mode=$1 build=$2 logs=$3 node=$4
+    shift 4
+    (
+        set -a
+        # shellcheck disable=SC1091
+        . "$node/env"
+        set +a
+        export AMQP_DELEGATE_PIDS="$node.pids" AMQP_DELEGATE_TMPDIR="$node.tmp"
+        mkdir -p "$AMQP_DELEGATE_TMPDIR"
+        exec setsid bash "$ROOT/scripts/instrumented-specs.sh" "$mode" "$build" "$logs" "$@"
+    ) >"$logs.out" 2>&1 </dev/null &
+    instrumented_pids+=($!)
+}
+finish_instrumented() { # MODE LOG_DIR PID: waits for that run, prints its output, records it
+    local mode=$1 logs=$2 pid=$3 rc
+    set +e
+    wait "$pid"
+    rc=$?
+    set -e
+    echo "-------------------- $mode (output of the run) --------------------"
+    cat "$logs.out"
+    if [ "$rc" = 0 ]; then later+=("$(cat "$logs/summary")"); else stage_failed "$mode" "$(cat "$logs/summary" 2>/dev/null || echo "exit $rc")"; fi
+}
+
+asan_ready=0
 if [ "${SANITIZE:-1}" = 1 ]; then
     section "6/8 AddressSanitizer + UBSan (build-asan)"
     wait_prebuild
     if cmake -S "$ROOT" -B "$ROOT/build-asan" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DAMQP_DELEGATE_SANITIZE=ON >/dev/null \
         && cmake --build "$ROOT/build-asan" -j2 >/dev/null; then
         if ASAN_OPTIONS=detect_leaks=1 ctest --test-dir "$ROOT/build-asan" -LE fuzz --output-on-failure; then
-            SPECS=${SPECS:-$(specs_but $not_instrumented)} \
-                instrumented asan "$ROOT/build-asan" "$ROOT/build-asan/spec-logs" "$@"
+            asan_ready=1
         else
             stage_failed "asan" "ctest under ASan"
         fi
@@ -306,12 +360,35 @@ if [ "${SANITIZE:-1}" = 1 ]; then
         stage_failed "asan" "build-asan does not build"
     fi
 fi
-
-if [ "${VALGRIND:-1}" = 1 ]; then
-    section "7/8 valgrind memcheck (build)"
-    SPECS=${SPECS:-$(specs_but $not_instrumented $not_under_valgrind)} \
-        instrumented valgrind "$BUILD" "$BUILD/valgrind-logs" "$@"
+side_ready=0
+if [ -n "$side_pid" ]; then
+    if wait "$side_pid"; then side_ready=1; else cat "$side_dir.start.log" >&2; fi
+    side_pid=""
 fi
+asan_specs=${SPECS:-$(specs_but $not_instrumented)}
+valgrind_specs=${SPECS:-$(specs_but $not_instrumented $not_under_valgrind)}
+
+if [ "$asan_ready" = 1 ] && [ "${VALGRIND:-1}" = 1 ] && [ "$side_ready" = 1 ]; then
+    # Side by side, each on its own node: the specs mostly wait on the broker, so the two
+    # runs take little more than valgrind's alone (about 5 minutes less than one after the other).
+    section "6-7/8 AddressSanitizer + UBSan and valgrind memcheck, side by side"
+    kill_spawned   # nothing left over from stage 5
+    rm -rf "$ROOT/build-asan/spec-logs" "$BUILD/valgrind-logs"
+    SPECS=$asan_specs start_instrumented asan "$ROOT/build-asan" "$ROOT/build-asan/spec-logs" "$RABBITMQ_DIR" "$@"
+    asan_pid=${instrumented_pids[-1]}
+    SPECS=$valgrind_specs start_instrumented valgrind "$BUILD" "$BUILD/valgrind-logs" "$side_dir" "$@"
+    valgrind_pid=${instrumented_pids[-1]}
+    finish_instrumented asan "$ROOT/build-asan/spec-logs" "$asan_pid"
+    finish_instrumented valgrind "$BUILD/valgrind-logs" "$valgrind_pid"
+    instrumented_pids=()
+else
+    [ "$asan_ready" = 1 ] && SPECS=$asan_specs instrumented asan "$ROOT/build-asan" "$ROOT/build-asan/spec-logs" "$@"
+    if [ "${VALGRIND:-1}" = 1 ]; then
+        section "7/8 valgrind memcheck (build)"
+        SPECS=$valgrind_specs instrumented valgrind "$BUILD" "$BUILD/valgrind-logs" "$@"
+    fi
+fi
+stop_side_node
 
 if [ "${FUZZ:-1}" = 1 ]; then
     section "8/8 fuzzing (libFuzzer, ${FUZZ_SECONDS:-30}s per target, build-fuzz)"
