@@ -189,7 +189,6 @@ static int open_channel(struct lifecycle *lifecycle, struct ad_error *error) {
 static void become_stopped(struct lifecycle *lifecycle, int failed) {
   drop_channel(lifecycle);
   lifecycle->state = LIFECYCLE_STOPPED;
-  lifecycle->stopped = 1;
   if (lifecycle->stop_waiter) {
     *lifecycle->stop_waiter = 1;
     lifecycle->stop_waiter = NULL;
@@ -447,7 +446,6 @@ int lifecycle_start(struct lifecycle *lifecycle, lua_State *L, int self) {
   lifecycle->unref_due = 0;
   lifecycle->first_start = 1;
   lifecycle->start_done = lifecycle->start_failed = 0;
-  lifecycle->stopped = 0;
   lifecycle->was_open = 0;
   lifecycle->attempts = 0;
   lifecycle->delay = FIRST_DELAY;

@@ -81,9 +81,9 @@ struct lifecycle {
   int first_start, start_done, start_failed;
   struct ad_error start_error;
   struct fiber *start_waiter;
-  int stopped; /* set when a stop completes */
-  /* plain stop()'s own flag, set once when this stop completes: `stopped`
-   * cannot serve, an on_close hook may start() again in the same loop turn */
+  /* plain stop()'s own flag, set once when this stop completes (a flag of
+   * the lifecycle would not do: an on_close hook may start() it again in
+   * the same loop turn) */
   int *stop_waiter;
   int stop_overdue; /* stopping for longer than connect_timeout: stop waiting on the broker */
   struct ad_error reopen_why; /* lifecycle_reopen: logged and given to ops->lost */
