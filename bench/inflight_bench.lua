@@ -38,7 +38,8 @@ local function serve(concurrency)
 end
 
 serve(1):stop() -- the queue exists from now on, with no consumer
-local d = delegate.delegator { url = url }:start()
+-- the queue has no consumer yet, on purpose: the delegator must not ask for one (NO_WORKER)
+local d = delegate.delegator { url = url, check_workers = false }:start()
 settle_garbage()
 local idle = rss_kib()
 

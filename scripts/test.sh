@@ -291,7 +291,7 @@ stage_failed() { later+=("$1: FAILED${2:+ ($2)}"); overall=1; }
 # installation and the documents (the same binaries, built and installed: stage 5 runs them),
 # and valgrind (8-10x slower than ASan) leaves to ASan+UBSan the command-line parsing specs,
 # those made of volume or CPU-bound Lua (a crowd of calls, 30 s tasks) and the metrics server's
-# (an HTTP client per scrape): that keeps the whole run near 17 minutes here.
+# (an HTTP client per scrape): that keeps the whole run near 19 minutes here.
 not_instrumented="luarocks_spec packaging_spec readme_spec"
 not_under_valgrind="cli_spec exit_status_spec shell_spec crowd_spec long_tasks_spec metrics_spec"
 specs_but() { # NAMES... -> the spec files without those (spec/NAME.lua)
