@@ -22,15 +22,9 @@
 //       p50_ms, p99_ms
 'use strict'
 
-const path = require('path')
 
-function loadAmqplib() {
-  try {
-    return require('amqplib')
-  } catch (err) {
-    return require(path.join(__dirname, '..', 'spec', 'node', 'node_modules', 'amqplib'))
-  }
-}
+const { loadAmqplib, measure } = require('./node_measure')
+
 const amqp = loadAmqplib()
 
 function parse(argv) {
@@ -130,55 +124,7 @@ async function client(url, name, mode, calls, warmup, depth, flags) {
     return reply
   }
 
-  const total = warmup + calls
-  const latencies = []
-  let started = 0
-  let cpuStarted = process.cpuUsage()
-  let stopAt = Infinity
-  let limit = total
-  let issued = 0
-  let done = 0
-
-  const one = async () => {
-    const n = ++issued
-    const t0 = process.hrtime.bigint()
-    const result = await call(n, 2)
-    const t1 = process.hrtime.bigint()
-    if (result !== n + 2) throw new Error(`wrong sum ${result} for call ${n}`)
-    done++
-    if (n > warmup) latencies.push(Number(t1 - t0) / 1e6)
-    if (done === warmup) {
-      cpuStarted = process.cpuUsage()
-      started = performance.now()
-      stopAt = started + flags.maxSeconds * 1000
-    }
-    if (done >= warmup && performance.now() > stopAt && limit > issued) limit = issued
-  }
-  if (warmup === 0) {
-    started = performance.now()
-    stopAt = started + flags.maxSeconds * 1000
-  }
-  const window = mode === 'pipe' ? Math.max(1, depth) : 1
-  // `window` lanes, each running its calls one after the other: `window` calls in flight
-  const lane = async () => {
-    while (issued < limit) await one()
-  }
-  const lanes = []
-  for (let i = 0; i < window; i++) lanes.push(lane())
-  await Promise.all(lanes)
-  const seconds = (performance.now() - started) / 1000
-  const cpu = process.cpuUsage(cpuStarted)
-  latencies.sort((a, b) => a - b)
-  const measured = latencies.length
-  const at = q => latencies[Math.floor(q * (measured - 1))]
-  console.log(`RESULT calls ${measured}`)
-  console.log(`RESULT seconds ${seconds.toFixed(3)}`)
-  console.log(`RESULT cps ${(measured / seconds).toFixed(1)}`)
-  if (measured > 0) console.log(`RESULT cpu_us ${((cpu.user + cpu.system) / measured).toFixed(2)}`)
-  if (measured > 0) {
-    console.log(`RESULT p50_ms ${at(0.5).toFixed(3)}`)
-    console.log(`RESULT p99_ms ${at(0.99).toFixed(3)}`)
-  }
+  await measure(call, { mode, calls, warmup, depth, maxSeconds: flags.maxSeconds })
   await channel.close()
   await connection.close()
 }
