@@ -87,18 +87,7 @@ static int call(lua_State *L) {
   const char *name = options->rest[0];
   int count = options->rest_count - 1;
   luaL_checkstack(L, count + 8, "too many arguments");
-  lua_getfield(L, 1, "delegator"); /* 2 */
-  lua_createtable(L, 0, 3);        /* 3: its options */
-  apply_connection_options(L, 3, options);
-  if (options->timeout >= 0) {
-    lua_pushnumber(L, options->timeout);
-    lua_setfield(L, 3, "timeout");
-    if (options->timeout >= 0.001 && options->timeout < 10) { /* connecting counts too */
-      lua_pushnumber(L, options->timeout);
-      lua_setfield(L, 3, "connect_timeout");
-    }
-  }
-  lua_call(L, 1, 1); /* 2: the delegator */
+  push_delegator(L, 1, options); /* 2 */
   lua_getfield(L, 2, "invoke");
   lua_pushvalue(L, 2);
   lua_pushstring(L, name);

@@ -106,6 +106,16 @@ int debug_logging(const struct options *options);
 /* Sets `url` and `tls` in the options table at `table` from the command line. */
 void apply_connection_options(lua_State *L, int table, const struct options *options);
 
+/* Pushes a delegator (not started) of the module at `module` with the command line's
+ * connection options and --timeout (a short one bounds connecting too). */
+void push_delegator(lua_State *L, int module, const struct options *options);
+
+/* Workers started so far in the state (a file that starts its own shows here). */
+int count_services(lua_State *L);
+
+/* 1 when the value at index is a list of worker tables, not one worker table. */
+int is_worker_list(lua_State *L, int index);
+
 /* A state with the standard libraries and amqp_delegate preloaded. */
 lua_State *new_state(void);
 

@@ -21,6 +21,7 @@
 #include "help.h"
 #include "log.h"
 #include "metrics_server.h"
+#include "runtime.h"
 #include "url.h"
 #include "version.h"
 
@@ -429,6 +430,35 @@ void apply_connection_options(lua_State *L, int table, const struct options *opt
     lua_setfield(L, -2, keys[i]);
   }
   lua_setfield(L, table, "tls");
+}
+
+void push_delegator(lua_State *L, int module, const struct options *options) {
+  lua_getfield(L, module, "delegator");
+  lua_createtable(L, 0, 4);
+  int table = lua_gettop(L);
+  apply_connection_options(L, table, options);
+  if (options->timeout >= 0) {
+    lua_pushnumber(L, options->timeout);
+    lua_setfield(L, table, "timeout");
+    if (options->timeout >= 0.001 && options->timeout < 10) { /* connecting counts too */
+      lua_pushnumber(L, options->timeout);
+      lua_setfield(L, table, "connect_timeout");
+    }
+  }
+  lua_call(L, 1, 1);
+}
+
+int count_services(lua_State *L) {
+  int count = 0;
+  for (struct service *s = runtime_get(L)->services; s; s = s->next) count++;
+  return count;
+}
+
+int is_worker_list(lua_State *L, int index) {
+  if (lua_type(L, index) != LUA_TTABLE) return 0;
+  int is_list = lua_rawgeti(L, index, 1) == LUA_TTABLE;
+  lua_pop(L, 1);
+  return is_list;
 }
 
 /* ---- Lua states, errors, exit statuses, files ---- */

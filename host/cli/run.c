@@ -87,12 +87,6 @@ static void make_worker(lua_State *L, const struct options *options, const char 
   lua_rawseti(L, LOAD_ORIGINS, (lua_Integer)lua_rawlen(L, LOAD_ORIGINS) + 1); /* worker */
 }
 
-static int count_services(lua_State *L) {
-  int count = 0;
-  for (struct service *s = runtime_get(L)->services; s; s = s->next) count++;
-  return count;
-}
-
 /* Loads one file and returns the workers it returns. A file that returns
  * nothing must have started a worker itself. */
 static int load_file(lua_State *L) {
@@ -107,13 +101,7 @@ static int load_file(lua_State *L) {
                  "return {name = ..., task = function(...) ... end}", file);
     return 0;
   }
-  int is_list = 0; /* not a table: make_worker says what a file must return */
-  if (lua_type(L, -1) == LUA_TTABLE) {
-    lua_rawgeti(L, -1, 1);
-    is_list = lua_type(L, -1) == LUA_TTABLE;
-    lua_pop(L, 1);
-  }
-  if (!is_list) {
+  if (!is_worker_list(L, -1)) { /* not a table: make_worker says what a file must return */
     luaL_checkstack(L, 4, "too many workers"); /* what make_worker pushes meanwhile */
     make_worker(L, options, file);
     return 1;

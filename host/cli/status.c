@@ -13,7 +13,6 @@
 #include "errors.h"
 #include "help.h"
 #include "log.h"
-#include "runtime.h"
 #include "url.h"
 
 #define STATUS_LOG_LEVEL "warn"
@@ -71,24 +70,18 @@ static void add_name(lua_State *L, int names, const char *file, int table) {
 
 /* The names of the workers FILE returns (one worker table, or a list). */
 static void add_file_names(lua_State *L, int names, const char *file) {
-  int services = 0;
-  for (struct service *s = runtime_get(L)->services; s; s = s->next) services++;
+  int services = count_services(L);
   if (luaL_loadfile(L, file) != LUA_OK) lua_error(L);
   lua_call(L, 0, 1);
   int result = lua_gettop(L);
-  int started = 0;
-  for (struct service *s = runtime_get(L)->services; s; s = s->next) started++;
   /* its own workers would consume the queues asked about: "served", by itself */
-  if (started > services)
+  if (count_services(L) > services)
     luaL_error(L, "%s starts workers itself when loaded, which status would count: give the "
                "NAMEs of the workers it starts", file);
   if (lua_type(L, result) != LUA_TTABLE)
     luaL_error(L, "%s returns %s, not a worker table: give the NAMEs of the workers it serves",
                file, luaL_typename(L, result));
-  lua_rawgeti(L, result, 1);
-  int is_list = lua_type(L, -1) == LUA_TTABLE;
-  lua_pop(L, 1);
-  if (!is_list) {
+  if (!is_worker_list(L, result)) {
     add_name(L, names, file, result);
   } else {
     for (lua_Integer i = 1; i <= (lua_Integer)luaL_len(L, result); i++) {
@@ -116,18 +109,7 @@ static int status(lua_State *L) {
       lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
     }
   }
-  lua_getfield(L, 1, "delegator"); /* 3 */
-  lua_createtable(L, 0, 4);
-  apply_connection_options(L, 4, options);
-  if (options->timeout >= 0) {
-    lua_pushnumber(L, options->timeout);
-    lua_setfield(L, 4, "timeout");
-    if (options->timeout >= 0.001 && options->timeout < 10) { /* connecting counts too */
-      lua_pushnumber(L, options->timeout);
-      lua_setfield(L, 4, "connect_timeout");
-    }
-  }
-  lua_call(L, 1, 1); /* 3: the delegator */
+  push_delegator(L, 1, options); /* 3 */
   lua_getfield(L, 3, "start");
   lua_pushvalue(L, 3);
   lua_call(L, 1, 0);
