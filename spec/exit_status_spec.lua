@@ -9,9 +9,7 @@ local NOWHERE = "amqp://guest:guest@127.0.0.1:1/" -- port 1 refuses connections
 
 -- Runs `amqp-delegate WORDS...` to its end; returns its status and stderr.
 local function status_of(...)
-  local words = { q(support.host_binary()) }
-  for _, word in ipairs({ ... }) do words[#words + 1] = q(word) end
-  local _, status, err = broker.run(table.concat(words, " ") .. " </dev/null")
+  local _, status, err = support.command(...)
   return status, err
 end
 

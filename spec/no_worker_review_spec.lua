@@ -50,8 +50,7 @@ describe("NO_WORKER, as a reviewer tried it", function()
       return worker
     ]], name, broker.url()))
     handle:close()
-    local out, code, err = broker.run(table.concat({ "timeout", "-k", "2", tostring(math.ceil(30 * slow)),
-      q(support.host_binary()), "status", "--url", q(broker.url()), q(file) }, " ") .. " </dev/null")
+    local out, code, err = support.command("status", "--url", broker.url(), file)
     assert.are.equal(1, code, out .. err)
     assert.is_falsy(out:find("served", 1, true), out)
     assert.truthy(err:find(file, 1, true) and err:find("starts", 1, true), err)
@@ -91,12 +90,7 @@ describe("NO_WORKER, as a reviewer tried it", function()
 
   it("`amqp-delegate status` names the operand or the file whose worker name is too long", function()
     local long = string.rep("n", 300)
-    local function status(...)
-      local words = { "timeout", "-k", "2", tostring(math.ceil(30 * slow)), q(support.host_binary()),
-        "status", "--url", q(broker.url()) }
-      for _, word in ipairs({ ... }) do words[#words + 1] = q(word) end
-      return broker.run(table.concat(words, " ") .. " </dev/null")
-    end
+    local function status(...) return support.command("status", "--url", broker.url(), ...) end
     local out, code, err = status("fine_name", long)
     assert.are.equal(2, code, out .. err)
     assert.truthy(err:find(long:sub(1, 32), 1, true) and err:find("255", 1, true), err)

@@ -219,12 +219,7 @@ describe("a delegator that checks for workers", function()
 
   describe("amqp-delegate status", function()
     local q = broker.shell_quote
-    local function status(...)
-      local words = { "timeout", "-k", "2", tostring(math.ceil(30 * slow)), q(support.host_binary()),
-        "status", "--url", q(broker.url()) }
-      for _, word in ipairs({ ... }) do words[#words + 1] = q(word) end
-      return broker.run(table.concat(words, " ") .. " </dev/null")
-    end
+    local function status(...) return support.command("status", "--url", broker.url(), ...) end
     -- the fields of NAME's row: workers, waiting, state
     local function row(out, name)
       for line in out:gmatch("[^\n]+") do
@@ -281,7 +276,7 @@ describe("a delegator that checks for workers", function()
       assert.truthy(err:find(file, 1, true) and err:find("not a worker table", 1, true), err)
       assert.is_falsy(err:find("traceback", 1, true), err)
       local out
-      out, code, err = broker.run(q(support.host_binary()) .. " status -u amqp://guest:guest@127.0.0.1:1 x </dev/null")
+      out, code, err = support.command("status", "-u", "amqp://guest:guest@127.0.0.1:1", "x")
       assert.are.equal(3, code, out .. err)
       assert.truthy(err:find("CONNECTION_FAILED", 1, true), err)
     end)

@@ -42,6 +42,15 @@ support.slow = tonumber(os.getenv("AMQP_DELEGATE_SLOW") or "") or 1
 -- command line) is then valgrind's, not the host's.
 support.under_valgrind = (os.getenv("AMQP_DELEGATE_WRAPPER") or ""):find("valgrind", 1, true) ~= nil
 
+-- Runs `amqp-delegate WORDS...` to its end (standard input empty, stopped after 60 s, or more
+-- under valgrind); returns its standard output, exit status and standard error.
+function support.command(...)
+  local words = { "timeout", "-k", "2", tostring(math.ceil(60 * support.slow)),
+    broker.shell_quote(support.host_binary()) }
+  for _, word in ipairs({ ... }) do words[#words + 1] = broker.shell_quote(word) end
+  return broker.run(table.concat(words, " ") .. " </dev/null")
+end
+
 -- Starts `amqp-delegate run` on the given worker files and waits for "ready".
 function support.host(files, options)
   options = options or {}
