@@ -252,6 +252,13 @@ static int publish_call(struct delegator *delegator, struct channel *channel, st
   return 0;
 }
 
+/* The channel calls go out on now; NULL while connecting or reconnecting
+ * (calls are held meanwhile). */
+static struct channel *ready_channel(const struct delegator *delegator) {
+  return delegator->lifecycle.state == LIFECYCLE_READY ? lifecycle_channel(&delegator->lifecycle)
+                                                       : NULL;
+}
+
 /* Asks the broker about the call's worker unless the name was seen served
  * (or this call asked already); the call is held meanwhile. */
 static int needs_question(const struct delegator *delegator, const struct call *call) {
@@ -282,8 +289,8 @@ static void on_resend(uv_timer_t *timer);
 /* Ready again (or unblocked, or a returned request's pause is over): the
  * held calls go out, oldest deadline first. */
 static void send_held(struct delegator *delegator) {
-  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
-  if (!channel || delegator->lifecycle.state != LIFECYCLE_READY) return;
+  struct channel *channel = ready_channel(delegator);
+  if (!channel) return;
   struct ad_error error;
   uint64_t now = uv_now(&delegator->runtime->loop), next_resend = UINT64_MAX;
   for (struct call *call = delegator->calls; call; call = call->next) {
@@ -352,7 +359,7 @@ static void check_sendable(struct delegator *delegator, lua_State *L) {
  * goes into it, and the call is held until the delegator reconnects. */
 #define IDLE_MS 1000
 
-static void notice_idle_loss(struct delegator *delegator) {
+static void run_after_idle(struct delegator *delegator) {
   struct runtime *runtime = delegator->runtime;
   uv_update_time(&runtime->loop);
   uint64_t now = uv_now(&runtime->loop);
@@ -363,6 +370,11 @@ static void notice_idle_loss(struct delegator *delegator) {
   runtime->running = 1;
   for (int turn = 0; turn < 3; turn++) uv_run(&runtime->loop, UV_RUN_NOWAIT);
   runtime->running = 0;
+}
+
+static void notice_idle_loss(struct delegator *delegator, lua_State *L) {
+  if (!fiber_current(L)) run_after_idle(delegator);
+  check_sendable(delegator, L); /* what the loop ran may have stopped it */
 }
 
 /* What the request carries: its deadline (the sooner of its own and that of
@@ -408,18 +420,16 @@ struct call *delegator_send(struct delegator *delegator, lua_State *L, int self,
                        sizeof problem) != 0)
     error_object_raisef(L, ERR_BAD_ARGUMENT, "arguments for '%s' cannot be sent as JSON: %s",
                         name, problem);
-  if (!fiber_current(L)) notice_idle_loss(delegator);
-  check_sendable(delegator, L);
+  notice_idle_loss(delegator, L);
   call->timeout = options->timeout >= 0 ? options->timeout : delegator->options.timeout;
   call->retries_left = options->retry >= 0 ? options->retry : delegator->options.retry;
   if (call_headers(delegator, call, options) != 0)
     error_object_raisef(L, ERR_BAD_ARGUMENT, "out of memory for the headers of a call to '%s'",
                         name);
   begin_call(delegator, L, call, call_index);
-  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct channel *channel = ready_channel(delegator);
   struct ad_error error;
-  if (channel && delegator->lifecycle.state == LIFECYCLE_READY)
-    send_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
+  if (channel) send_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
   /* From plain Lua a send puts the request on its way before it returns, so
    * the first call to a name waits for the broker's answer (bounded by the
    * connect timeout). A task's goes once it yields; so does one made while
@@ -441,15 +451,13 @@ struct call *delegator_status(struct delegator *delegator, lua_State *L, int sel
   check_sendable(delegator, L);
   struct call *call = new_call(L, delegator, self, name);
   int call_index = lua_gettop(L);
-  if (!fiber_current(L)) notice_idle_loss(delegator);
-  check_sendable(delegator, L);
+  notice_idle_loss(delegator, L);
   call->status_only = 1;
   call->timeout = delegator->options.timeout;
   begin_call(delegator, L, call, call_index);
-  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct channel *channel = ready_channel(delegator);
   struct ad_error error;
-  if (channel && delegator->lifecycle.state == LIFECYCLE_READY &&
-      send_call(delegator, channel, call, &error) != 0)
+  if (channel && send_call(delegator, channel, call, &error) != 0)
     fail_call(delegator, call, error.code, "question about '%s': %s", error.message);
   lua_settop(L, call_index);
   return call;
@@ -487,10 +495,9 @@ static void answer_call(struct delegator *delegator, struct call *call,
     return;
   }
   call->probed = 1;
-  struct channel *channel = lifecycle_channel(&delegator->lifecycle);
+  struct channel *channel = ready_channel(delegator);
   struct ad_error error;
-  if (channel && delegator->lifecycle.state == LIFECYCLE_READY)
-    publish_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
+  if (channel) publish_call(delegator, channel, call, &error); /* not sent: held, as while reconnecting */
 }
 
 static void on_probe_answer(void *owner, const struct probe_answer *answer) {
