@@ -19,6 +19,13 @@
  *       call, in microseconds), p50_ms, p99_ms.
  *
  * Both set TCP_NODELAY on their socket and run heartbeats off (runs are short).
+ *
+ * BARE_GUARANTEES=1 (both sides) asks the broker for what our delegator and worker ask of it,
+ * so that its CPU per call can be compared: the client publishes on a confirm channel, with
+ * mandatory, content_type, a 30 s expiration and an x-deadline header (an int64), as ours does;
+ * the worker publishes its replies on a confirm channel and acks a request only once its reply
+ * is confirmed (one multiple ack up to the newest delivery whose reply the broker confirmed).
+ * Without it, nothing of this is sent or read: the plain round trip above.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -38,6 +45,7 @@
 #include <amqp_tcp_socket.h>
 
 static volatile sig_atomic_t stopping = 0;
+static int guarantees = 0; /* BARE_GUARANTEES=1 */
 static void on_signal(int signal_number) {
   (void)signal_number;
   stopping = 1;
@@ -87,6 +95,10 @@ static amqp_connection_state_t open_connection(const char *url_text) {
               "login");
   amqp_channel_open(conn, 1);
   check_reply(amqp_get_rpc_reply(conn), "channel.open");
+  if (guarantees) {
+    amqp_confirm_select(conn, 1);
+    check_reply(amqp_get_rpc_reply(conn), "confirm.select");
+  }
   free(copy);
   return conn;
 }
@@ -97,6 +109,9 @@ static void close_connection(amqp_connection_state_t conn) {
   amqp_destroy_connection(conn);
 }
 
+static int serving_replies = 0; /* the worker, with BARE_GUARANTEES: confirms ack requests */
+static void replies_confirmed(amqp_connection_state_t conn, const amqp_basic_ack_t *ack);
+
 /* A frame that is not a delivery arrived where amqp_consume_message wanted one: read it.
  * Returns 0 to go on, -1 when the channel or connection is gone. */
 static int skip_other_frame(amqp_connection_state_t conn) {
@@ -105,14 +120,14 @@ static int skip_other_frame(amqp_connection_state_t conn) {
   if (frame.frame_type != AMQP_FRAME_METHOD) return 0;
   switch (frame.payload.method.id) {
   case AMQP_BASIC_ACK_METHOD:
+    if (serving_replies) replies_confirmed(conn, frame.payload.method.decoded);
+    return 0;
   case AMQP_BASIC_RETURN_METHOD: {
     /* a returned message carries a header and a body too: read them */
-    if (frame.payload.method.id == AMQP_BASIC_RETURN_METHOD) {
-      amqp_message_t message;
-      amqp_rpc_reply_t r = amqp_read_message(conn, frame.channel, &message, 0);
-      if (r.reply_type != AMQP_RESPONSE_NORMAL) return -1;
-      amqp_destroy_message(&message);
-    }
+    amqp_message_t message;
+    amqp_rpc_reply_t r = amqp_read_message(conn, frame.channel, &message, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) return -1;
+    amqp_destroy_message(&message);
     return 0;
   }
   case AMQP_CHANNEL_CLOSE_METHOD:
@@ -139,6 +154,53 @@ static void copy_bytes(char *to, size_t size, amqp_bytes_t from) {
   to[n] = 0;
 }
 
+/* BARE_GUARANTEES: the replies not yet acked, by publish sequence number (1, 2, ...), oldest
+ * first: the delivery tag each answers, and whether the broker confirmed it yet */
+struct unacked_reply {
+  uint64_t delivery_tag;
+  int confirmed;
+};
+static struct unacked_reply *unacked;
+static size_t unacked_capacity, unacked_head, unacked_count;
+static uint64_t oldest_seq = 1; /* publish sequence number of unacked[unacked_head] */
+
+static struct unacked_reply *unacked_at(size_t i) {
+  return &unacked[(unacked_head + i) % unacked_capacity];
+}
+
+static void remember_reply(uint64_t delivery_tag) {
+  if (unacked_count == unacked_capacity) {
+    size_t capacity = unacked_capacity ? 2 * unacked_capacity : 256;
+    struct unacked_reply *grown = malloc(capacity * sizeof *grown);
+    if (!grown) die("out of memory", NULL);
+    for (size_t i = 0; i < unacked_count; i++) grown[i] = *unacked_at(i);
+    free(unacked);
+    unacked = grown;
+    unacked_capacity = capacity;
+    unacked_head = 0;
+  }
+  unacked_count++;
+  *unacked_at(unacked_count - 1) = (struct unacked_reply){delivery_tag, 0};
+}
+
+/* a basic.ack from the broker: the requests whose replies are confirmed, oldest first with no
+ * gap, are acked with one multiple ack (deliveries come and are answered in order) */
+static void replies_confirmed(amqp_connection_state_t conn, const amqp_basic_ack_t *ack) {
+  for (size_t i = 0; i < unacked_count; i++) {
+    uint64_t seq = oldest_seq + i;
+    if (seq > ack->delivery_tag) break;
+    if (ack->multiple || seq == ack->delivery_tag) unacked_at(i)->confirmed = 1;
+  }
+  uint64_t newest_tag = 0;
+  while (unacked_count > 0 && unacked_at(0)->confirmed) {
+    newest_tag = unacked_at(0)->delivery_tag;
+    unacked_head = (unacked_head + 1) % unacked_capacity;
+    unacked_count--;
+    oldest_seq++;
+  }
+  if (newest_tag && amqp_basic_ack(conn, 1, newest_tag, 1) != AMQP_STATUS_OK) die("ack", NULL);
+}
+
 static void reply_and_ack(amqp_connection_state_t conn, const struct waiting *w) {
   amqp_basic_properties_t props;
   memset(&props, 0, sizeof props);
@@ -148,11 +210,16 @@ static void reply_and_ack(amqp_connection_state_t conn, const struct waiting *w)
   if (amqp_basic_publish(conn, 1, amqp_empty_bytes, amqp_cstring_bytes(w->reply_to), 0, 0,
                          &props, body) != AMQP_STATUS_OK)
     die("publish reply", NULL);
+  if (guarantees) {
+    remember_reply(w->delivery_tag); /* acked once the broker confirms the reply */
+    return;
+  }
   if (amqp_basic_ack(conn, 1, w->delivery_tag, 0) != AMQP_STATUS_OK) die("ack", NULL);
 }
 
 static int run_worker(const char *url, const char *queue, int prefetch, int delay_ms) {
   amqp_connection_state_t conn = open_connection(url);
+  serving_replies = guarantees;
   const char *type = getenv("BARE_QUEUE_TYPE");
   int quorum = type && strcmp(type, "quorum") == 0;
   amqp_table_entry_t type_entry = {amqp_cstring_bytes("x-queue-type"),
@@ -221,6 +288,7 @@ static int run_worker(const char *url, const char *queue, int prefetch, int dela
     }
   }
   free(ring);
+  free(unacked);
   close_connection(conn);
   return 0;
 }
@@ -255,9 +323,18 @@ static void publish_call(struct client *c, uint64_t id) {
   props._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG;
   props.correlation_id = amqp_cstring_bytes(correlation);
   props.reply_to = c->reply_queue;
+  amqp_table_entry_t deadline = {amqp_cstring_bytes("x-deadline"), {AMQP_FIELD_KIND_I64, {.i64 = 0}}};
+  if (guarantees) { /* what ours sends besides: see BARE_GUARANTEES above */
+    props._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    props.content_type = amqp_cstring_bytes("application/json");
+    props.expiration = amqp_cstring_bytes("30000");
+    deadline.value.value.i64 = (int64_t)(now_seconds() * 1000) + 30000;
+    props.headers.num_entries = 1;
+    props.headers.entries = &deadline;
+  }
   int64_t operands[2] = {(int64_t)id, 2};
   amqp_bytes_t body = {sizeof operands, operands};
-  if (amqp_basic_publish(c->conn, 1, amqp_empty_bytes, c->queue, 0, 0, &props, body) !=
+  if (amqp_basic_publish(c->conn, 1, amqp_empty_bytes, c->queue, guarantees, 0, &props, body) !=
       AMQP_STATUS_OK)
     die("publish request", NULL);
 }
@@ -358,6 +435,8 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &action, NULL);
   sigaction(SIGTERM, &action, NULL);
   signal(SIGPIPE, SIG_IGN);
+  const char *guarantees_text = getenv("BARE_GUARANTEES");
+  guarantees = guarantees_text && strcmp(guarantees_text, "1") == 0;
 
   if (argc >= 5 && strcmp(argv[1], "worker") == 0)
     return run_worker(argv[2], argv[3], atoi(argv[4]), argc >= 6 ? atoi(argv[5]) : 0);

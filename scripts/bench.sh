@@ -8,6 +8,12 @@
 #   (b)  Node: amqplib peers that do what the Node library does (bench/node_bench.js): a queue and
 #        a consumer per call, prefetch 1 worker; as shipped (Nagle on) and with TCP_NODELAY
 #   (c)  bare rabbitmq-c in C (bench/bare_roundtrip.c): no Lua, no JSON, one reply queue
+#   (g)  the same bare C program with BARE_GUARANTEES=1: it asks the broker for what ours asks
+#        (publisher confirms on both sides, the ack after the reply's confirm, mandatory,
+#        expiration, an x-deadline header); in the same alternating rounds as (a) and (c)
+# With the broker started here, the broker's CPU per call is read (/proc/PID/stat of the node)
+# over each pipelined run of (a), (c) and (g): the machine's CPUs divided by it is the most calls/s
+# any client could reach against that broker, whatever the client costs.
 # the figures: sequential calls/s, p50, p99; pipelined calls/s with DEPTH in flight; the 10 ms
 # slow adder with DEPTH in flight at worker concurrency 1 and DEPTH; the worker process's RSS
 # idle, under load and after BENCH_RSS_CALLS calls. Prints a table with the ratios (a)/(b) and
@@ -297,10 +303,13 @@ t0=$SECONDS
 REPEAT=${BENCH_REPEAT:-5}
 LUA_BENCH=(lua5.4 "$ROOT/bench/lua_bench.lua")
 QC=bench_bare_adder
+QG=bench_bare_guaranteed_adder
 QA=bench_lua_adder
 QAN=bench_lua_adder_noconfirms
 start_worker bare_worker "$BARE" worker "$URL" $QC "$DEPTH"
 CPID=$WPID
+BARE_GUARANTEES=1 start_worker bare_guaranteed_worker "$BARE" worker "$URL" $QG "$DEPTH"
+GPID=$WPID
 BENCH_WORKER_NAME=$QA BENCH_DELAY_MS=0 start_worker lua_worker "$HOST" run --url "$URL" \
     --concurrency "$DEPTH" --log-level warn "$ROOT/bench/adder_worker.lua"
 APID=$WPID
@@ -323,12 +332,23 @@ worker_cpu() { # key pid ticks_before: the worker's CPU µs per call over the me
     [ -n "$calls" ] && R[$1_wcpu_us]=$(cpu_us_per_call "$3" "$(cpu_ticks "$2")" $((calls + WARMUP)))
     return 0
 }
+BROKER_PID=""   # the node's Erlang VM, when this script started it
+[ -n "$BROKER_DIR" ] && BROKER_PID=$(tr -dc '0-9' < "$BROKER_DIR/rabbitmq.pid" 2>/dev/null || true)
+broker_before() { BROKER_BEFORE=$( [ -n "$BROKER_PID" ] && cpu_ticks "$BROKER_PID" || true); }
+broker_cpu() { # key: the broker's CPU µs per call since broker_before (measured and warm-up calls)
+    local calls=${R[$1_calls]:-}
+    [ -n "$calls" ] && [ -n "$BROKER_BEFORE" ] &&
+        R[$1_bcpu_us]=$(cpu_us_per_call "$BROKER_BEFORE" "$(cpu_ticks "$BROKER_PID")" $((calls + WARMUP)))
+    return 0
+}
 sleep 0.5
 R[c.rss_idle]=$(rss_kib "$CPID")
 R[a.rss_idle]=$(rss_kib "$APID")
 for r in $(seq 1 "$REPEAT"); do
     measure "c.seq@$r" "bare_seq$r" "$BARE" client "$URL" $QC seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
     measure "a.seq@$r" "lua_seq$r" "${LUA_BENCH[@]}" "$URL" $QA seq "$CALLS" "$WARMUP" 1 "$MAX_SECONDS"
+    BARE_GUARANTEES=1 measure "g.seq@$r" "bare_guaranteed_seq$r" "$BARE" client "$URL" $QG seq "$CALLS" \
+        "$WARMUP" 1 "$MAX_SECONDS"
     BENCH_CONFIRMS=0 measure "an.seq@$r" "lua_noconfirms_seq$r" "${LUA_BENCH[@]}" "$URL" $QAN seq "$CALLS" \
         "$WARMUP" 1 "$MAX_SECONDS"
     for i in "${!AB_BUILDS[@]}"; do ab_measure "$i" seq "$CALLS" 1 "$r"; done
@@ -337,16 +357,26 @@ peaks_a=(); peaks_c=()
 for r in $(seq 1 "$REPEAT"); do
     start_sampler "$CPID"
     before=$(cpu_ticks "$CPID")
+    broker_before
     measure "c.pipe@$r" "bare_pipe$r" "$BARE" client "$URL" $QC pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     worker_cpu "c.pipe@$r" "$CPID" "$before"
+    broker_cpu "c.pipe@$r"
     stop_sampler
     peaks_c+=("$PEAK")
     start_sampler "$APID"
     before=$(cpu_ticks "$APID")
+    broker_before
     measure "a.pipe@$r" "lua_pipe$r" "${LUA_BENCH[@]}" "$URL" $QA pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     worker_cpu "a.pipe@$r" "$APID" "$before"
+    broker_cpu "a.pipe@$r"
     stop_sampler
     peaks_a+=("$PEAK")
+    before=$(cpu_ticks "$GPID")
+    broker_before
+    BARE_GUARANTEES=1 measure "g.pipe@$r" "bare_guaranteed_pipe$r" "$BARE" client "$URL" $QG pipe "$PIPE_CALLS" \
+        "$WARMUP" "$DEPTH" "$MAX_SECONDS"
+    worker_cpu "g.pipe@$r" "$GPID" "$before"
+    broker_cpu "g.pipe@$r"
     for i in "${!AB_BUILDS[@]}"; do
         before=$(cpu_ticks "${AB_PIDS[$i]}")
         ab_measure "$i" pipe "$PIPE_CALLS" "$DEPTH" "$r"
@@ -356,14 +386,15 @@ for r in $(seq 1 "$REPEAT"); do
         "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
 done
 stop_pid "$ANPID"
+stop_pid "$GPID"
 for pid in "${AB_PIDS[@]}"; do stop_pid "$pid"; done
 R[c.rss_load]=$(max_of "${peaks_c[@]}")
 R[a.rss_load]=$(max_of "${peaks_a[@]}")
 AB_PEERS=()
 for i in "${!AB_BUILDS[@]}"; do AB_PEERS+=("ab$i"); done
-for p in a an c "${AB_PEERS[@]}"; do
+for p in a an c g "${AB_PEERS[@]}"; do
     for m in seq pipe; do
-        for k in calls cps cpu_us p50_ms p99_ms wcpu_us; do
+        for k in calls cps cpu_us p50_ms p99_ms wcpu_us bcpu_us; do
             vals=()
             for r in $(seq 1 "$REPEAT"); do vals+=("${R[$p.$m@${r}_$k]:-}"); done
             R[$p.${m}_$k]=$(median "${vals[@]}")
@@ -824,10 +855,54 @@ Worker CPU per call here: the worker process's CPU time over the pipelined runs 
 (their warm-up calls included), median of the rounds; the figure in the first table is over the
 $RSS_CALLS-call run.
 EOF
+    report_broker
     report_revisions
     if [ -f "$ROOT/bench/PROFILE.md" ]; then printf '\n'; cat "$ROOT/bench/PROFILE.md"; fi
     report_ab
     report_cluster
+}
+
+ceiling() { # broker µs per call -> the calls/s the machine's CPUs allow at that broker cost alone
+    [ -n "${1:-}" ] && awk -v b="$1" -v n="$(nproc)" 'BEGIN {if (b > 0) printf "%.0f", n * 1e6 / b}' || true
+}
+total_cpu() { # peer -> delegator + worker + broker µs per call, pipelined
+    local d=${R[$1.pipe_cpu_us]:-} w=${R[$1.pipe_wcpu_us]:-} b=${R[$1.pipe_bcpu_us]:-}
+    [ -n "$d" ] && [ -n "$w" ] && [ -n "$b" ] && awk -v d="$d" -v w="$w" -v b="$b" 'BEGIN {printf "%.1f", d + w + b}' || true
+}
+broker_row() { # label peer
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$(num "${R[$2.pipe_cps]:-}" "%.0f")" \
+        "$(num "${R[$2.seq_p50_ms]:-}" "%.3f")" \
+        "$(num "${R[$2.pipe_cpu_us]:-}" "%.1f")" "$(num "${R[$2.pipe_wcpu_us]:-}" "%.1f")" \
+        "$(num "${R[$2.pipe_bcpu_us]:-}" "%.1f")" "$(num "$(total_cpu "$2")" "%.1f")" \
+        "$(num "$(ceiling "${R[$2.pipe_bcpu_us]:-}")" "%.0f")"
+}
+report_broker() {
+    [ -n "$BROKER_PID" ] || return 0
+    local need
+    need=$(awk -v c="${R[c.pipe_cps]:-0}" 'BEGIN {printf "%.0f", 1.2 * c}')
+    cat <<EOF
+
+## Where the machine's CPU goes (issue 13)
+
+Per call, over the pipelined runs of the same $REPEAT rounds (medians; warm-up calls included for
+the worker and the broker, read from /proc/PID/stat): the delegator's, the worker's and the
+broker's CPU; and the sequential p50 of the same rounds. **(g)** is \`bare_roundtrip\` with
+\`BARE_GUARANTEES=1\`: the bare C program asking the broker for what ours asks (publisher confirms
+on both sides, the ack sent once the reply is confirmed, mandatory, a 30 s expiration, an
+x-deadline header, content_type). "Ceiling" is $(nproc) CPUs divided by the broker's CPU per call:
+the calls/s no client could pass against this broker, even one that took no CPU itself.
+
+| peer | pipelined calls/s | sequential p50 ms | delegator µs | worker µs | broker µs | total µs | ceiling calls/s |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+$(broker_row "(a) ours" a)
+$(broker_row "(c) bare rabbitmq-c" c)
+$(broker_row "(g) bare rabbitmq-c, our guarantees" g)
+
+Ours against (g), round by round: pipelined calls/s $(paired a g pipe_cps) x, sequential p50
+$(paired a g seq_p50_ms) x. The broker spends $(ratio "${R[a.pipe_bcpu_us]:-}" "${R[c.pipe_bcpu_us]:-}") x as much CPU on a call of (a) as on one of (c),
+and $(ratio "${R[a.pipe_bcpu_us]:-}" "${R[g.pipe_bcpu_us]:-}") x as much as on one of (g). Issue 13's 1.2 x (c) is $need calls/s; the ceiling this
+broker leaves ours is $(num "$(ceiling "${R[a.pipe_bcpu_us]:-}")" "%.0f") calls/s.
+EOF
 }
 
 paired() { # peer other mode_metric (e.g. pipe_cps): the median over the rounds of peer/other,
