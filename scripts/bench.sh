@@ -36,6 +36,8 @@
 #   (c)  bare rabbitmq-c (BARE_QUEUE_TYPE=quorum: durable, x-queue-type quorum)
 #   (d)  a well-written amqplib RPC peer (bench/node_rpc.js: one reply queue, correlation ids in
 #        a Map, TCP_NODELAY, worker prefetch DEPTH)
+#   (g)  bare rabbitmq-c with BARE_GUARANTEES=1 (what ours asks of the broker, as above)
+# and the three nodes' CPU per call over each pipelined run (the brokers' share of the machine).
 # (a) runs first in each round; its processes pick their node themselves (the URL list is
 # shuffled per process), and (c) and (d) then connect their worker and client to the same nodes
 # as (a)'s did in that round (read with ss), so every peer sees the same topology. Then the
@@ -550,6 +552,27 @@ if [ "$CLUSTER" != 0 ]; then
     # shellcheck disable=SC1091
     . "$CL_DIR/env"
     log "cluster up in ${R[cl.start_s]} s: $CLUSTER_URLS"
+    CL_PIDS=()
+    for k in 1 2 3; do
+        v=CLUSTER_DIR_$k
+        CL_PIDS+=("$(tr -dc '0-9' < "${!v}/rabbitmq.pid" 2>/dev/null || true)")
+    done
+    cluster_before() { # the three nodes' CPU ticks, summed
+        local pid sum=0 t
+        for pid in "${CL_PIDS[@]}"; do
+            t=$( [ -n "$pid" ] && cpu_ticks "$pid" || true)
+            [ -n "$t" ] || { CL_BEFORE=""; return 0; }
+            sum=$((sum + t))
+        done
+        CL_BEFORE=$sum
+    }
+    cluster_cpu() { # key: the nodes' CPU µs per call since cluster_before (warm-up calls included)
+        local calls=${R[$1_calls]:-} before=$CL_BEFORE
+        cluster_before
+        [ -n "$calls" ] && [ -n "$before" ] && [ -n "$CL_BEFORE" ] &&
+            R[$1_bcpu_us]=$(cpu_us_per_call "$before" "$CL_BEFORE" $((calls + CL_WARMUP)))
+        return 0
+    }
     NODE_RPC=(node "$ROOT/bench/node_rpc.js")
     for T in classic quorum; do
         Q=bench_cluster_$T
@@ -561,8 +584,10 @@ if [ "$CLUSTER" != 0 ]; then
             kw=$(node_of_pid "$WPID")
             BENCH_SHOW_PEER=1 measure "cl.$T.a.seq@$r" "cl_${T}_lua_seq$r" "${LUA_BENCH[@]}" "$CLUSTER_URLS" "$Q" seq \
                 "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
+            cluster_before
             BENCH_SHOW_PEER=1 measure "cl.$T.a.pipe@$r" "cl_${T}_lua_pipe$r" "${LUA_BENCH[@]}" "$CLUSTER_URLS" "$Q" pipe \
                 "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
+            cluster_cpu "cl.$T.a.pipe@$r"
             stop_worker
             ks=$(k_of_port "${R[cl.$T.a.seq@${r}_peer_port]:-}")
             kp=$(k_of_port "${R[cl.$T.a.pipe@${r}_peer_port]:-}")
@@ -576,8 +601,20 @@ if [ "$CLUSTER" != 0 ]; then
             start_worker "cl_${T}_bare_worker$r" "${qenv[@]}" "$BARE" worker "$(url_of "$kw")" "$Q" "$DEPTH"
             measure "cl.$T.c.seq@$r" "cl_${T}_bare_seq$r" "$BARE" client "$(url_of "$ks")" "$Q" seq \
                 "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
+            cluster_before
             measure "cl.$T.c.pipe@$r" "cl_${T}_bare_pipe$r" "$BARE" client "$(url_of "$kp")" "$Q" pipe \
                 "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
+            cluster_cpu "cl.$T.c.pipe@$r"
+            stop_worker
+            # (g) bare rabbitmq-c asking what ours asks, on the same nodes
+            BARE_GUARANTEES=1 start_worker "cl_${T}_bare_guaranteed_worker$r" "${qenv[@]}" "$BARE" worker \
+                "$(url_of "$kw")" "$Q" "$DEPTH"
+            BARE_GUARANTEES=1 measure "cl.$T.g.seq@$r" "cl_${T}_bare_guaranteed_seq$r" "$BARE" client \
+                "$(url_of "$ks")" "$Q" seq "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
+            cluster_before
+            BARE_GUARANTEES=1 measure "cl.$T.g.pipe@$r" "cl_${T}_bare_guaranteed_pipe$r" "$BARE" client \
+                "$(url_of "$kp")" "$Q" pipe "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
+            cluster_cpu "cl.$T.g.pipe@$r"
             stop_worker
             # (d) amqplib, on the same nodes
             qflag=(); [ $T = quorum ] && qflag=(--quorum)
@@ -585,13 +622,15 @@ if [ "$CLUSTER" != 0 ]; then
                 --prefetch "$DEPTH" "${qflag[@]}"
             measure "cl.$T.d.seq@$r" "cl_${T}_amqplib_seq$r" "${NODE_RPC[@]}" client "$(url_of "$ks")" "$Q" seq \
                 "$CL_CALLS" "$CL_WARMUP" 1 --max-seconds "$CL_MAX_SECONDS"
+            cluster_before
             measure "cl.$T.d.pipe@$r" "cl_${T}_amqplib_pipe$r" "${NODE_RPC[@]}" client "$(url_of "$kp")" "$Q" pipe \
                 "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" --max-seconds "$CL_MAX_SECONDS"
+            cluster_cpu "cl.$T.d.pipe@$r"
             stop_worker
         done
-        for p in a c d; do
+        for p in a c d g; do
             for m in seq pipe; do
-                for k in cps p50_ms p99_ms; do
+                for k in cps p50_ms p99_ms cpu_us bcpu_us; do
                     vals=()
                     for r in $(seq 1 "$CL_REPEAT"); do vals+=("${R[cl.$T.$p.$m@${r}_$k]:-}"); done
                     R[cl.$T.$p.${m}_$k]=$(median "${vals[@]}")
@@ -1014,10 +1053,17 @@ EOF
 
 cl_row() { # T metric fmt key
     local T=$1 metric=$2 fmt=$3 key=$4
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$T" "$metric" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$T" "$metric" \
         "$(num "${R[cl.$T.a.$key]:-}" "$fmt")" "$(num "${R[cl.$T.c.$key]:-}" "$fmt")" \
-        "$(num "${R[cl.$T.d.$key]:-}" "$fmt")" \
-        "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.c.$key]:-}")" "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.d.$key]:-}")"
+        "$(num "${R[cl.$T.g.$key]:-}" "$fmt")" "$(num "${R[cl.$T.d.$key]:-}" "$fmt")" \
+        "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.c.$key]:-}")" "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.g.$key]:-}")" \
+        "$(ratio "${R[cl.$T.a.$key]:-}" "${R[cl.$T.d.$key]:-}")"
+}
+cl_ceiling_row() { # T: the calls/s the machine's CPUs allow at each peer's cluster CPU per call
+    local T=$1 p
+    printf '| %s | ceiling calls/s (CPUs / nodes µs) ' "$T"
+    for p in a c g d; do printf '| %s ' "$(num "$(ceiling "${R[cl.$T.$p.pipe_bcpu_us]:-}")" "%.0f")"; done
+    printf '| | | |\n'
 }
 qc_row() { # metric key: quorum / classic per peer
     printf '| %s | %s | %s | %s |\n' "$1" \
@@ -1040,6 +1086,8 @@ protocol's transient classic queue; \`bench_cluster_quorum\`: quorum), one worke
 **(a)** ours: \`lua_bench.lua\` given the three URLs → \`amqp-delegate run --url URLS\` (concurrency
 $DEPTH; \`AMQP_DELEGATE_QUEUE_TYPE=quorum\` for quorum), publisher confirms on (as shipped);
 **(c)** bare rabbitmq-c (\`bare_roundtrip\`, \`BARE_QUEUE_TYPE=quorum\` for quorum), no confirms;
+**(g)** bare rabbitmq-c asking what ours asks (\`BARE_GUARANTEES=1\`: confirms on both sides, the
+ack after the reply's confirm, mandatory, expiration, an x-deadline header);
 **(d)** amqplib written well (\`bench/node_rpc.js\`: one exclusive server-named reply queue,
 correlation ids in a Map, \`noDelay: true\`, worker prefetch $DEPTH), no confirms.
 Each round runs (a) first; its processes choose their node (the URL list is shuffled per process),
@@ -1047,14 +1095,21 @@ and (c) and (d) then put their worker and their client on the same nodes (found 
 Medians of $CL_REPEAT rounds; per measurement $CL_CALLS sequential or $CL_PIPE_CALLS pipelined calls
 ($DEPTH in flight) after $CL_WARMUP warm-up calls, at most $CL_MAX_SECONDS s.
 
-| queue | metric | (a) ours | (c) bare C | (d) amqplib | (a)/(c) | (a)/(d) |
-| --- | --- | --- | --- | --- | --- | --- |
+| queue | metric | (a) ours | (c) bare C | (g) bare C, our guarantees | (d) amqplib | (a)/(c) | (a)/(g) | (a)/(d) |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 $(for T in classic quorum; do
     cl_row $T "sequential calls/s" "%.0f" seq_cps
     cl_row $T "sequential p50 ms" "%.3f" seq_p50_ms
     cl_row $T "sequential p99 ms" "%.3f" seq_p99_ms
     cl_row $T "pipelined calls/s ($DEPTH in flight)" "%.0f" pipe_cps
+    cl_row $T "pipelined: delegator CPU µs per call" "%.1f" pipe_cpu_us
+    cl_row $T "pipelined: the 3 nodes' CPU µs per call" "%.1f" pipe_bcpu_us
+    cl_ceiling_row $T
 done)
+
+"The 3 nodes' CPU": the three Erlang VMs' CPU time over each pipelined run (warm-up calls
+included), per call; the ceiling is $(nproc) CPUs divided by it, the calls/s no client could pass
+with the nodes doing that much per call.
 
 | quorum / classic | (a) ours | (c) bare C | (d) amqplib |
 | --- | --- | --- | --- |
