@@ -447,8 +447,8 @@ for conc in 1 "$DEPTH"; do
 done
 
 # ------------------------------------------------------------------ A/B: the keepalive count hook
-# Two hosts serve bench/spin_worker.lua (a task that sums 1..N): one as shipped (the count hook
-# reads the clock every 10 000 instructions), one with AMQP_DELEGATE_KEEPALIVE=0 (no hook);
+# Two hosts serve bench/spin_worker.lua (a task that sums 1..N): one as shipped (a timer signal
+# sets the count hook on a task that ran a whole 20 ms tick), one with AMQP_DELEGATE_KEEPALIVE=0;
 # bench/keepalive_bench.lua calls them in turns, KEEPALIVE_RUNS times each, and prints the median
 # time per loop iteration on each (the task's own CPU time and wall time).
 BENCH_WORKER_NAME=bench_spin_on start_worker spin_on "$HOST" run --url "$URL" --log-level warn \
@@ -1035,9 +1035,9 @@ $(ab_row "pipelined calls/s ($DEPTH in flight)" "%.0f" pipe_cps)
 $(ab_row "pipelined: delegator CPU µs per call" "%.1f" pipe_cpu_us)
 
 The keepalive count hook on the fast path: a task summing 1..$KEEPALIVE_N in a plain Lua loop
-(\`bench/spin_worker.lua\`), on a host as shipped (the hook reads the clock every 10 000
-instructions) and on one run with \`AMQP_DELEGATE_KEEPALIVE=0\` (no hook), called in turns,
-median of $KEEPALIVE_RUNS calls each.
+(\`bench/spin_worker.lua\`), on a host as shipped (a timer signal sets the hook on a task that
+ran a whole 20 ms tick, once per tick) and on one run with \`AMQP_DELEGATE_KEEPALIVE=0\` (no
+hook), called in turns, median of $KEEPALIVE_RUNS calls each.
 
 | time per loop iteration | hook on | AMQP_DELEGATE_KEEPALIVE=0 | on/off |
 | --- | --- | --- | --- |
@@ -1047,7 +1047,8 @@ median of $KEEPALIVE_RUNS calls each.
 While any count hook is set, Lua 5.4 sends every instruction through its hook check
 (\`luaG_traceexec\`, which counts down to the next call), whatever the count: the cost is paid on
 every instruction, not at the clock reads. (The same loop in plain \`lua5.4\` with
-\`debug.sethook(f, "", 10000)\` runs about 2x slower here too.)
+\`debug.sethook(f, "", 10000)\` runs about 2x slower here; so did a host task while the hook
+stayed on every thread: 1.9x in bench/RESULTS-by-revision.md.)
 EOF
 }
 

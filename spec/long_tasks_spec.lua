@@ -40,6 +40,46 @@ describe("long tasks", function()
     assert.truthy(output:find("held the loop for " .. math.floor(spin / 10) .. "%d%.%d s"), output)
   end)
 
+  -- The host sets the keepalive hook only on an entry that lasted a tick (20 ms) of its timer
+  -- signal, on the task's thread and the coroutines it resumed (coroutine.resume and
+  -- coroutine.wrap are tracked): these loops run in coroutines made before it was set.
+  for _, how in ipairs({ "wrap", "resume", "nested" }) do
+    it("a CPU-bound loop in a coroutine the task made (" .. how .. ") keeps the connection", function()
+      local name = unique("long_cpu_" .. how)
+      defer(function() pcall(broker.ctl, "delete_queue", name) end)
+      local host = support.host({ "spec/workers/cpu_bound.lua" },
+        { env = { WORKER_NAME = name, HEARTBEAT = "1", HOW = how } })
+      defer(function() host:kill() end)
+      assert.are.equal("computed", delegator:invoke(name, 8))
+      local output = host:output()
+      assert.falsy(output:find("CONNECTION_LOST", 1, true), output)
+      assert.falsy(output:find("reconnect", 1, true), output)
+    end)
+  end
+
+  it("a short task runs with no hook at all, in the task and in a coroutine it makes", function()
+    local name = unique("hook_probe")
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
+    local host = support.host({ "spec/workers/hook_probe.lua" }, { env = { WORKER_NAME = name } })
+    defer(function() host:kill() end)
+    local seen = delegator:invoke(name)
+    assert.are.same({ task = "nil", coroutine = "nil" }, seen)
+  end)
+
+  it("coroutine.wrap and coroutine.resume in a task behave as Lua's own", function()
+    local name = unique("coroutines")
+    defer(function() pcall(broker.ctl, "delete_queue", name) end)
+    local host = support.host({ "spec/workers/coroutines.lua" }, { env = { WORKER_NAME = name } })
+    defer(function() host:kill() end)
+    local served = delegator:invoke(name)
+    -- the same task in this process, whose coroutine library is Lua's own
+    local expected = dofile(broker.root() .. "/spec/workers/coroutines.lua").task()
+    assert.are.same(expected, served)
+    assert.are.same({ 1, 2, 3, "end" }, served.yields)
+    assert.matches("boom$", served.wrap_error)
+    assert.matches("bad argument #1 to 'coroutine.resume' %(thread expected", served.bad)
+  end)
+
   it("a result lost with the connection is answered from the kept result on redelivery: the task ran once", function()
     local name = unique("long_kept")
     defer(function() pcall(broker.ctl, "delete_queue", name) end)

@@ -14,6 +14,7 @@
 #include "error_object.h"
 #include "errors.h"
 #include "help.h"
+#include "keepalive.h"
 #include "log.h"
 #include "metrics_server.h"
 #include "runtime.h"
@@ -213,6 +214,9 @@ static int run(lua_State *L) {
     lua_pushvalue(L, i);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) return start_failure(L, i - FIRST_WORKER + 1);
   }
+  /* from here on only the loop enters Lua: the hook is set when a task runs long */
+  if (keepalive_arm_lazily(runtime_get(L), L) != 0)
+    log_line(LOG_WARN, "no timer for the keepalive hook: it stays on every Lua thread");
   fprintf(stdout, "ready\n");
   fflush(stdout);
   int stopped_by = runtime_serve(runtime_get(L), L);

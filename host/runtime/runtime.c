@@ -44,6 +44,7 @@ static int runtime_gc(lua_State *L) {
   runtime->running = 1;
   while (transport_closing(&runtime->loop)) uv_run(&runtime->loop, UV_RUN_ONCE);
   runtime->closed = 1; /* finalizers that run after this one must not touch the loop */
+  keepalive_stop_lazily();
   transport_shutdown(&runtime->loop);
   while (runtime->fibers) {
     struct fiber *fiber = runtime->fibers;
@@ -285,7 +286,9 @@ int runtime_protected(struct runtime *runtime, lua_CFunction fn, void *arg, cons
   int base = lua_gettop(L);
   lua_pushcfunction(L, fn);
   lua_pushlightuserdata(L, arg);
+  keepalive_push(L); /* a metamethod or finalizer it runs may compute long */
   int status = lua_pcall(L, 1, 0, 0);
+  keepalive_pop();
   if (status != LUA_OK) /* read raw: a metamethod here would raise unprotected */
     log_line(LOG_ERROR, "%s: %s", what,
              lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "an error (not a string)");
@@ -378,7 +381,9 @@ void fiber_resume(struct fiber *fiber, int nargs) {
   struct fiber *outer = runtime->running_fiber;
   runtime->running_fiber = fiber;
   runtime->resuming++;
+  keepalive_push(fiber->thread);
   int status = lua_resume(fiber->thread, runtime->L, nargs, &nresults);
+  keepalive_pop();
   runtime->resuming--;
   runtime->running_fiber = outer;
   if (!runtime->resuming) keepalive_leave(runtime);

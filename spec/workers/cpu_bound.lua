@@ -1,6 +1,8 @@
 -- A CPU-bound task that never yields for `seconds`, on a worker with a short heartbeat
 -- (HEARTBEAT, default 2 s): the connection must survive it and the task must run once. Each
--- run appends a line to RUNS_FILE, so a spec can count executions.
+-- run appends a line to RUNS_FILE, so a spec can count executions. HOW says where the loop
+-- runs: in the task itself (default), in a coroutine.wrap or coroutine.resume the task makes, or
+-- in a coroutine inside such a coroutine ("nested").
 return {
   name = os.getenv("WORKER_NAME") or "cpu_bound",
   heartbeat = tonumber(os.getenv("HEARTBEAT") or "2"),
@@ -19,10 +21,19 @@ return {
       f:close()
       return t
     end
-    local deadline, spins = now() + seconds, 0
-    repeat -- at least once: under valgrind a short task's deadline may pass before the first look
-      for _ = 1, 100000 do spins = spins + 1 end
-    until now() >= deadline
-    return spins > 0 and "computed" or "?"
+    local function spin()
+      local deadline, spins = now() + seconds, 0
+      repeat -- at least once: under valgrind a short task's deadline may pass before the first look
+        for _ = 1, 100000 do spins = spins + 1 end
+      until now() >= deadline
+      return spins > 0 and "computed" or "?"
+    end
+    local how = os.getenv("HOW")
+    if how == "wrap" then return coroutine.wrap(spin)() end
+    if how == "resume" then return select(2, assert(coroutine.resume(coroutine.create(spin)))) end
+    if how == "nested" then
+      return coroutine.wrap(function() return select(2, assert(coroutine.resume(coroutine.create(spin)))) end)()
+    end
+    return spin()
   end,
 }
