@@ -41,9 +41,10 @@ describe("long tasks", function()
   end)
 
   -- The host sets the keepalive hook only on an entry that lasted a tick (20 ms) of its timer
-  -- signal, on the task's thread and the coroutines it resumed (coroutine.resume and
-  -- coroutine.wrap are tracked): these loops run in coroutines made before it was set.
-  for _, how in ipairs({ "wrap", "resume", "nested" }) do
+  -- signal, on the innermost thread that runs (the task's, or a coroutine it resumed or closed:
+  -- coroutine.resume, wrap and close are tracked): these loops run in coroutines made before it
+  -- was set, one 20 deep, one through a wrap the file took when it loaded, one in a __close.
+  for _, how in ipairs({ "wrap", "resume", "nested", "deep", "early", "close" }) do
     it("a CPU-bound loop in a coroutine the task made (" .. how .. ") keeps the connection", function()
       local name = unique("long_cpu_" .. how)
       defer(function() pcall(broker.ctl, "delete_queue", name) end)

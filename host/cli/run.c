@@ -15,6 +15,7 @@
 #include "errors.h"
 #include "help.h"
 #include "keepalive.h"
+#include "tracked_coroutines.h"
 #include "log.h"
 #include "metrics_server.h"
 #include "runtime.h"
@@ -181,6 +182,7 @@ static int run(lua_State *L) {
   lua_settop(L, 0);
   luaL_requiref(L, "amqp_delegate", luaopen_amqp_delegate, 0); /* MODULE */
   lua_newtable(L);                                               /* ORIGINS */
+  if (keepalive_lazily_wanted()) tracked_coroutines_install(L); /* before the files see them */
   struct ad_error metrics_error;
   if (options->metrics && serve_metrics(L, options->metrics, &metrics_error) != 0) {
     lua_pushinteger(L, EXIT_FAILED);

@@ -13,7 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
 #include <uv.h>
 
 #include "connection.h"
@@ -35,7 +34,7 @@ static double held_seconds(const struct runtime *runtime, uint64_t now) {
 
 #define TICK_NS 20000000L /* 20 ms: how long an entry runs before the hook is set */
 #define IDLE_TICKS 10     /* the timer stops after this many ticks with no Lua running */
-#define ARMED_MAX 16      /* threads tracked: the fiber's, then coroutines it resumed */
+#define TRACKED_MAX 256   /* nested resumes: Lua's C stack limit (200) comes first */
 
 static struct {
   timer_t timer;
@@ -46,13 +45,19 @@ static struct {
   volatile sig_atomic_t depth;     /* threads[0..depth) run Lua now, innermost last */
   volatile sig_atomic_t entries;   /* counts entries from the loop */
   volatile sig_atomic_t seen;      /* entries at the last tick */
-  lua_State *volatile threads[ARMED_MAX];
+  lua_State *volatile threads[TRACKED_MAX];
 } lazy;
 
 static void on_count(lua_State *thread, lua_Debug *debug);
 
+/* By the mask, not the function: a tick that lands inside a disarm's
+ * lua_sethook leaves the function set with no mask, which is no hook. */
+static int armed(lua_State *thread) {
+  return lua_gethookmask(thread) != 0 && lua_gethook(thread) == on_count;
+}
+
 static void arm(lua_State *thread) {
-  if (!lua_gethook(thread)) lua_sethook(thread, on_count, LUA_MASKCOUNT, 1); /* fires at once */
+  if (lua_gethookmask(thread) == 0) lua_sethook(thread, on_count, LUA_MASKCOUNT, 1); /* at once */
 }
 
 static void disarm(lua_State *thread) {
@@ -66,12 +71,16 @@ static void set_ticking(int on) {
 
 /* The timer signal, on the loop's thread: lua_sethook is safe in a signal
  * handler (ldebug.c says why), timer_settime is async-signal-safe, and the
- * rest are stores. An entry that lasted a whole tick gets the hook on its
- * threads, once per tick: it fires, does its work and takes itself off. */
+ * rest are loads and stores. An entry that lasted a whole tick gets the hook
+ * on its innermost thread, the one that runs: it fires, does its work and
+ * takes itself off. Still set at the next tick, it did not fire: the thread
+ * is inside a C function (a sleep, a blocking read), and the ticks stop, so
+ * as not to interrupt it again; the hook, once Lua runs, starts them. */
 static void on_tick(int signal_number) {
   (void)signal_number;
   if (!lazy.on) return;
-  if (lazy.depth == 0) {
+  int depth = lazy.depth;
+  if (depth == 0) {
     if (++lazy.idle_ticks >= IDLE_TICKS) set_ticking(0);
     return;
   }
@@ -80,15 +89,20 @@ static void on_tick(int signal_number) {
     lazy.seen = lazy.entries;
     return;
   }
-  int depth = lazy.depth < ARMED_MAX ? lazy.depth : ARMED_MAX;
-  for (int i = 0; i < depth; i++) arm(lazy.threads[i]);
+  if (depth > TRACKED_MAX) return;
+  lua_State *innermost = lazy.threads[depth - 1];
+  if (armed(innermost)) set_ticking(0);
+  else arm(innermost);
 }
 
 static void on_count(lua_State *thread, lua_Debug *debug) {
   (void)debug;
+  if (lazy.on) { /* the next tick sets it again */
+    disarm(thread);
+    if (!lazy.ticking) set_ticking(1);
+  }
   struct runtime *runtime = *runtime_slot(thread);
   if (!runtime || runtime->closed) return;
-  if (lazy.on) disarm(thread); /* the next tick sets it again */
   /* a task running this long lets the replies of the jobs before it go */
   transport_flush_writes();
   struct keepalive *keepalive = &runtime->keepalive;
@@ -107,7 +121,8 @@ static void on_count(lua_State *thread, lua_Debug *debug) {
            keepalive->name ? "'" : "", held, heartbeat);
 }
 
-/* AMQP_DELEGATE_KEEPALIVE=0 leaves the hook out: for the benchmark's A/B. */
+/* AMQP_DELEGATE_KEEPALIVE=0 leaves the hook out (the benchmark's A/B); =hook
+ * keeps it on every thread in the host too, with no timer signal. */
 static int wanted(void) {
   const char *setting = getenv("AMQP_DELEGATE_KEEPALIVE");
   return !setting || strcmp(setting, "0") != 0;
@@ -130,82 +145,28 @@ void keepalive_enter(struct runtime *runtime, struct fiber *fiber) {
 
 void keepalive_push(lua_State *thread) {
   if (!lazy.on) return;
-  if (lazy.depth < ARMED_MAX) lazy.threads[lazy.depth] = thread;
-  if (lazy.depth == 0) lazy.entries++;
-  lazy.depth++; /* before the timer's check: a tick now sees Lua running */
+  int depth = lazy.depth;
+  if (depth < TRACKED_MAX) lazy.threads[depth] = thread;
+  if (depth == 0) lazy.entries++;
+  lazy.depth = depth + 1; /* before the timer's check: a tick now sees Lua running */
   if (!lazy.ticking) set_ticking(1);
 }
 
 /* Back from the innermost thread: a hook left on it goes. */
 void keepalive_pop(void) {
-  if (lazy.depth == 0) return;
-  int depth = lazy.depth - 1;
-  if (depth < ARMED_MAX) disarm(lazy.threads[depth]);
-  lazy.depth = depth;
+  int depth = lazy.depth;
+  if (depth == 0) return;
+  if (depth <= TRACKED_MAX) disarm(lazy.threads[depth - 1]);
+  lazy.depth = depth - 1;
 }
 
-/* coroutine.resume and coroutine.wrap, tracked: a coroutine that a task
- * resumes is where a tick must set the hook while it computes. */
-static int tracked_resume(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTHREAD); /* the library's own check and message */
-  lua_State *coroutine = lua_tothread(L, 1);
-  lua_pushvalue(L, lua_upvalueindex(1)); /* the library's own resume */
-  lua_insert(L, 1);
-  keepalive_push(coroutine);
-  int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-  keepalive_pop();
-  if (status != LUA_OK) return lua_error(L);
-  return lua_gettop(L);
-}
-
-static int tracked_wrapped(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1)); /* resume (tracked) */
-  lua_pushvalue(L, lua_upvalueindex(2)); /* the coroutine */
-  lua_rotate(L, 1, 2);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  if (!lua_toboolean(L, 1)) { /* as coroutine.wrap: the error goes on, the coroutine is closed */
-    lua_State *coroutine = lua_tothread(L, lua_upvalueindex(2));
-    if (lua_status(coroutine) != LUA_OK && lua_status(coroutine) != LUA_YIELD)
-      lua_resetthread(coroutine);
-    if (lua_type(L, 2) == LUA_TSTRING) {
-      luaL_where(L, 1);
-      lua_insert(L, 2);
-      lua_concat(L, 2);
-    }
-    lua_settop(L, 2);
-    return lua_error(L);
-  }
-  return lua_gettop(L) - 1;
-}
-
-static int tracked_wrap(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_State *coroutine = lua_newthread(L);
-  lua_pushvalue(L, 1);
-  lua_xmove(L, coroutine, 1);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, -2);
-  lua_pushcclosure(L, tracked_wrapped, 2);
-  return 1;
-}
-
-static void track_coroutines(lua_State *L) {
-  lua_getglobal(L, "coroutine");
-  if (lua_type(L, -1) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_getfield(L, -1, "resume");
-  lua_pushcclosure(L, tracked_resume, 1);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "resume");
-  lua_pushcclosure(L, tracked_wrap, 1);
-  lua_setfield(L, -2, "wrap");
-  lua_pop(L, 1);
+int keepalive_lazily_wanted(void) {
+  const char *setting = getenv("AMQP_DELEGATE_KEEPALIVE");
+  return !setting || (strcmp(setting, "0") != 0 && strcmp(setting, "hook") != 0);
 }
 
 int keepalive_arm_lazily(struct runtime *runtime, lua_State *L) {
-  if (!wanted() || lazy.on) return 0;
+  if (!keepalive_lazily_wanted() || lazy.on) return 0;
   int signal_number = SIGRTMIN + 3;
   struct sigaction action;
   memset(&action, 0, sizeof action);
@@ -233,7 +194,6 @@ int keepalive_arm_lazily(struct runtime *runtime, lua_State *L) {
   disarm(runtime->L);
   for (int i = 0; i < runtime->spare_count; i++) disarm(runtime->spare_threads[i]);
   for (struct fiber *fiber = runtime->fibers; fiber; fiber = fiber->next) disarm(fiber->thread);
-  track_coroutines(L);
   lazy.on = 1;
   return 0;
 }

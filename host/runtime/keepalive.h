@@ -20,14 +20,16 @@ void keepalive_enter(struct runtime *runtime, struct fiber *fiber);
 void keepalive_leave(struct runtime *runtime);
 
 /* The host's run: no hook while Lua runs. A timer signal every 20 ms (it
- * stops while no Lua runs) sets the hook on the threads of a Lua entry from
- * the loop that lasted a whole tick; it fires once, does its work and takes
- * itself off, so Lua pays nothing per instruction, a long task one hook call
- * per tick. coroutine.resume and coroutine.wrap are tracked
- * so that a coroutine a task resumes gets it too. Returns -1 when the timer
- * cannot be made (the hook then stays on every thread). */
+ * stops while no Lua runs) sets the hook on the innermost thread of a Lua
+ * entry from the loop that lasted a whole tick; it fires once, does its work
+ * and takes itself off, so Lua pays nothing per instruction, a long task one
+ * hook call per tick. The coroutines a task resumes are tracked
+ * (tracked_coroutines.c). Returns -1 when the timer cannot be made (the hook
+ * then stays on every thread). */
 int keepalive_arm_lazily(struct runtime *runtime, lua_State *L);
 void keepalive_stop_lazily(void);
+/* Whether run arms lazily: not with AMQP_DELEGATE_KEEPALIVE=0 or =hook. */
+int keepalive_lazily_wanted(void);
 /* thread runs Lua now, inside the one before (fibers, tracked coroutines) */
 void keepalive_push(lua_State *thread);
 void keepalive_pop(void);

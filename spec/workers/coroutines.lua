@@ -21,6 +21,24 @@ local function task()
   out.resume3 = { coroutine.resume(co) }
   out.bad = select(2, pcall(coroutine.resume, 42))
   out.status = coroutine.status(co)
+  -- a __close that raises while the coroutine fails: its error is the one that goes on
+  out.close_error = select(2, pcall(coroutine.wrap(function()
+    local _ <close> = setmetatable({}, { __close = function() error("in close") end })
+    error("first")
+  end)))
+  local closing = coroutine.create(function()
+    local _ <close> = setmetatable({}, { __close = function() error("closing") end })
+    coroutine.yield()
+  end)
+  coroutine.resume(closing)
+  out.close = { coroutine.close(closing) }
+  out.close_running = select(2, pcall(coroutine.close, coroutine.running()))
+  -- 150 wraps deep: the C stack holds that many (Lua's limit is 200 C calls)
+  local function deep(n)
+    if n == 0 then return 0 end
+    return 1 + coroutine.wrap(deep)(n - 1)
+  end
+  out.deep = select(2, pcall(deep, 150))
   return out
 end
 

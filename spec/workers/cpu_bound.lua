@@ -1,8 +1,11 @@
 -- A CPU-bound task that never yields for `seconds`, on a worker with a short heartbeat
 -- (HEARTBEAT, default 2 s): the connection must survive it and the task must run once. Each
 -- run appends a line to RUNS_FILE, so a spec can count executions. HOW says where the loop
--- runs: in the task itself (default), in a coroutine.wrap or coroutine.resume the task makes, or
--- in a coroutine inside such a coroutine ("nested").
+-- runs: in the task itself (default), in a coroutine.wrap or coroutine.resume the task makes, in
+-- a coroutine inside such a coroutine ("nested"), 20 coroutines deep ("deep"), in a wrap taken
+-- when the file loaded ("early"), or in a __close handler that coroutine.close runs ("close").
+local early_wrap = coroutine.wrap
+
 return {
   name = os.getenv("WORKER_NAME") or "cpu_bound",
   heartbeat = tonumber(os.getenv("HEARTBEAT") or "2"),
@@ -33,6 +36,24 @@ return {
     if how == "resume" then return select(2, assert(coroutine.resume(coroutine.create(spin)))) end
     if how == "nested" then
       return coroutine.wrap(function() return select(2, assert(coroutine.resume(coroutine.create(spin)))) end)()
+    end
+    if how == "deep" then
+      local function level(n)
+        if n == 0 then return spin() end
+        return coroutine.wrap(level)(n - 1)
+      end
+      return level(20)
+    end
+    if how == "early" then return early_wrap(spin)() end
+    if how == "close" then
+      local result
+      local co = coroutine.create(function()
+        local _ <close> = setmetatable({}, { __close = function() result = spin() end })
+        coroutine.yield()
+      end)
+      coroutine.resume(co)
+      assert(coroutine.close(co))
+      return result
     end
     return spin()
   end,
