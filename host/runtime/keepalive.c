@@ -147,7 +147,7 @@ void keepalive_push(lua_State *thread) {
   if (!lazy.on) return;
   int depth = lazy.depth;
   if (depth < TRACKED_MAX) lazy.threads[depth] = thread;
-  if (depth == 0) lazy.entries++;
+  if (depth == 0) lazy.entries = (lazy.entries + 1) & 0xffff; /* never overflows */
   lazy.depth = depth + 1; /* before the timer's check: a tick now sees Lua running */
   if (!lazy.ticking) set_ticking(1);
 }
