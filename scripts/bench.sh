@@ -334,13 +334,27 @@ worker_cpu() { # key pid ticks_before: the worker's CPU µs per call over the me
     [ -n "$calls" ] && R[$1_wcpu_us]=$(cpu_us_per_call "$3" "$(cpu_ticks "$2")" $((calls + WARMUP)))
     return 0
 }
-BROKER_PID=""   # the node's Erlang VM, when this script started it
-[ -n "$BROKER_DIR" ] && BROKER_PID=$(tr -dc '0-9' < "$BROKER_DIR/rabbitmq.pid" 2>/dev/null || true)
-broker_before() { BROKER_BEFORE=$( [ -n "$BROKER_PID" ] && cpu_ticks "$BROKER_PID" || true); }
-broker_cpu() { # key: the broker's CPU µs per call since broker_before (measured and warm-up calls)
-    local calls=${R[$1_calls]:-}
-    [ -n "$calls" ] && [ -n "$BROKER_BEFORE" ] &&
-        R[$1_bcpu_us]=$(cpu_us_per_call "$BROKER_BEFORE" "$(cpu_ticks "$BROKER_PID")" $((calls + WARMUP)))
+# The Erlang VMs whose CPU is the broker's: the node this script started, later the cluster's
+# three (none with BENCH_AMQP_URL: no broker figures then).
+BROKER_PIDS=()
+vm_pid() { tr -dc '0-9' < "$1/rabbitmq.pid" 2>/dev/null || true; }  # node dir -> its VM's pid
+[ -n "$BROKER_DIR" ] && BROKER_PIDS=("$(vm_pid "$BROKER_DIR")")
+broker_ticks() { # the CPU ticks of BROKER_PIDS, summed; nothing when one cannot be read
+    local pid sum=0 t
+    [ "${#BROKER_PIDS[@]}" -gt 0 ] || return 0
+    for pid in "${BROKER_PIDS[@]}"; do
+        t=$( [ -n "$pid" ] && cpu_ticks "$pid" || true)
+        [ -n "$t" ] || return 0
+        sum=$((sum + t))
+    done
+    echo "$sum"
+}
+broker_before() { BROKER_BEFORE=$(broker_ticks); }
+broker_cpu() { # key warmup: the broker's CPU µs per call since broker_before (warm-up calls included)
+    local calls=${R[$1_calls]:-} after
+    after=$(broker_ticks)
+    [ -n "$calls" ] && [ -n "$BROKER_BEFORE" ] && [ -n "$after" ] &&
+        R[$1_bcpu_us]=$(cpu_us_per_call "$BROKER_BEFORE" "$after" $((calls + $2)))
     return 0
 }
 sleep 0.5
@@ -362,7 +376,7 @@ for r in $(seq 1 "$REPEAT"); do
     broker_before
     measure "c.pipe@$r" "bare_pipe$r" "$BARE" client "$URL" $QC pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     worker_cpu "c.pipe@$r" "$CPID" "$before"
-    broker_cpu "c.pipe@$r"
+    broker_cpu "c.pipe@$r" "$WARMUP"
     stop_sampler
     peaks_c+=("$PEAK")
     start_sampler "$APID"
@@ -370,7 +384,7 @@ for r in $(seq 1 "$REPEAT"); do
     broker_before
     measure "a.pipe@$r" "lua_pipe$r" "${LUA_BENCH[@]}" "$URL" $QA pipe "$PIPE_CALLS" "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     worker_cpu "a.pipe@$r" "$APID" "$before"
-    broker_cpu "a.pipe@$r"
+    broker_cpu "a.pipe@$r" "$WARMUP"
     stop_sampler
     peaks_a+=("$PEAK")
     before=$(cpu_ticks "$GPID")
@@ -378,7 +392,7 @@ for r in $(seq 1 "$REPEAT"); do
     BARE_GUARANTEES=1 measure "g.pipe@$r" "bare_guaranteed_pipe$r" "$BARE" client "$URL" $QG pipe "$PIPE_CALLS" \
         "$WARMUP" "$DEPTH" "$MAX_SECONDS"
     worker_cpu "g.pipe@$r" "$GPID" "$before"
-    broker_cpu "g.pipe@$r"
+    broker_cpu "g.pipe@$r" "$WARMUP"
     for i in "${!AB_BUILDS[@]}"; do
         before=$(cpu_ticks "${AB_PIDS[$i]}")
         ab_measure "$i" pipe "$PIPE_CALLS" "$DEPTH" "$r"
@@ -552,27 +566,11 @@ if [ "$CLUSTER" != 0 ]; then
     # shellcheck disable=SC1091
     . "$CL_DIR/env"
     log "cluster up in ${R[cl.start_s]} s: $CLUSTER_URLS"
-    CL_PIDS=()
+    BROKER_PIDS=()
     for k in 1 2 3; do
         v=CLUSTER_DIR_$k
-        CL_PIDS+=("$(tr -dc '0-9' < "${!v}/rabbitmq.pid" 2>/dev/null || true)")
+        BROKER_PIDS+=("$(vm_pid "${!v}")")
     done
-    cluster_before() { # the three nodes' CPU ticks, summed
-        local pid sum=0 t
-        for pid in "${CL_PIDS[@]}"; do
-            t=$( [ -n "$pid" ] && cpu_ticks "$pid" || true)
-            [ -n "$t" ] || { CL_BEFORE=""; return 0; }
-            sum=$((sum + t))
-        done
-        CL_BEFORE=$sum
-    }
-    cluster_cpu() { # key: the nodes' CPU µs per call since cluster_before (warm-up calls included)
-        local calls=${R[$1_calls]:-} before=$CL_BEFORE
-        cluster_before
-        [ -n "$calls" ] && [ -n "$before" ] && [ -n "$CL_BEFORE" ] &&
-            R[$1_bcpu_us]=$(cpu_us_per_call "$before" "$CL_BEFORE" $((calls + CL_WARMUP)))
-        return 0
-    }
     NODE_RPC=(node "$ROOT/bench/node_rpc.js")
     for T in classic quorum; do
         Q=bench_cluster_$T
@@ -584,10 +582,10 @@ if [ "$CLUSTER" != 0 ]; then
             kw=$(node_of_pid "$WPID")
             BENCH_SHOW_PEER=1 measure "cl.$T.a.seq@$r" "cl_${T}_lua_seq$r" "${LUA_BENCH[@]}" "$CLUSTER_URLS" "$Q" seq \
                 "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
-            cluster_before
+            broker_before
             BENCH_SHOW_PEER=1 measure "cl.$T.a.pipe@$r" "cl_${T}_lua_pipe$r" "${LUA_BENCH[@]}" "$CLUSTER_URLS" "$Q" pipe \
                 "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
-            cluster_cpu "cl.$T.a.pipe@$r"
+            broker_cpu "cl.$T.a.pipe@$r" "$CL_WARMUP"
             stop_worker
             ks=$(k_of_port "${R[cl.$T.a.seq@${r}_peer_port]:-}")
             kp=$(k_of_port "${R[cl.$T.a.pipe@${r}_peer_port]:-}")
@@ -601,20 +599,20 @@ if [ "$CLUSTER" != 0 ]; then
             start_worker "cl_${T}_bare_worker$r" "${qenv[@]}" "$BARE" worker "$(url_of "$kw")" "$Q" "$DEPTH"
             measure "cl.$T.c.seq@$r" "cl_${T}_bare_seq$r" "$BARE" client "$(url_of "$ks")" "$Q" seq \
                 "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
-            cluster_before
+            broker_before
             measure "cl.$T.c.pipe@$r" "cl_${T}_bare_pipe$r" "$BARE" client "$(url_of "$kp")" "$Q" pipe \
                 "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
-            cluster_cpu "cl.$T.c.pipe@$r"
+            broker_cpu "cl.$T.c.pipe@$r" "$CL_WARMUP"
             stop_worker
             # (g) bare rabbitmq-c asking what ours asks, on the same nodes
             BARE_GUARANTEES=1 start_worker "cl_${T}_bare_guaranteed_worker$r" "${qenv[@]}" "$BARE" worker \
                 "$(url_of "$kw")" "$Q" "$DEPTH"
             BARE_GUARANTEES=1 measure "cl.$T.g.seq@$r" "cl_${T}_bare_guaranteed_seq$r" "$BARE" client \
                 "$(url_of "$ks")" "$Q" seq "$CL_CALLS" "$CL_WARMUP" 1 "$CL_MAX_SECONDS"
-            cluster_before
+            broker_before
             BARE_GUARANTEES=1 measure "cl.$T.g.pipe@$r" "cl_${T}_bare_guaranteed_pipe$r" "$BARE" client \
                 "$(url_of "$kp")" "$Q" pipe "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" "$CL_MAX_SECONDS"
-            cluster_cpu "cl.$T.g.pipe@$r"
+            broker_cpu "cl.$T.g.pipe@$r" "$CL_WARMUP"
             stop_worker
             # (d) amqplib, on the same nodes
             qflag=(); [ $T = quorum ] && qflag=(--quorum)
@@ -622,10 +620,10 @@ if [ "$CLUSTER" != 0 ]; then
                 --prefetch "$DEPTH" "${qflag[@]}"
             measure "cl.$T.d.seq@$r" "cl_${T}_amqplib_seq$r" "${NODE_RPC[@]}" client "$(url_of "$ks")" "$Q" seq \
                 "$CL_CALLS" "$CL_WARMUP" 1 --max-seconds "$CL_MAX_SECONDS"
-            cluster_before
+            broker_before
             measure "cl.$T.d.pipe@$r" "cl_${T}_amqplib_pipe$r" "${NODE_RPC[@]}" client "$(url_of "$kp")" "$Q" pipe \
                 "$CL_PIPE_CALLS" "$CL_WARMUP" "$DEPTH" --max-seconds "$CL_MAX_SECONDS"
-            cluster_cpu "cl.$T.d.pipe@$r"
+            broker_cpu "cl.$T.d.pipe@$r" "$CL_WARMUP"
             stop_worker
         done
         for p in a c d g; do
@@ -916,7 +914,7 @@ broker_row() { # label peer
         "$(num "$(ceiling "${R[$2.pipe_bcpu_us]:-}")" "%.0f")"
 }
 report_broker() {
-    [ -n "$BROKER_PID" ] || return 0
+    [ -n "${R[a.pipe_bcpu_us]:-}${R[c.pipe_bcpu_us]:-}" ] || return 0 # no broker of ours measured
     local need
     need=$(awk -v c="${R[c.pipe_cps]:-0}" 'BEGIN {printf "%.0f", 1.2 * c}')
     cat <<EOF

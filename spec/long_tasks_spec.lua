@@ -15,6 +15,17 @@ local function count_lines(path, line)
   return select(2, (broker.read_file(path) or ""):gsub(line .. "\n", ""))
 end
 
+-- A host serving the worker file under a new name (env gets WORKER_NAME), and its queue, both
+-- gone after the test; returns the name and the host.
+local function served(prefix, file, env)
+  local name = unique(prefix)
+  defer(function() pcall(broker.ctl, "delete_queue", name) end)
+  env.WORKER_NAME = name
+  local host = support.host({ file }, { env = env })
+  defer(function() host:kill() end)
+  return name, host
+end
+
 describe("long tasks", function()
   local delegator
   before_each(function() delegator = support.delegator({ timeout = 90 * slow }) end)
@@ -24,16 +35,11 @@ describe("long tasks", function()
   -- stages rerun every spec
   local spin = os.getenv("AMQP_DELEGATE_WRAPPER") and 10 or 30
   it("a " .. spin .. " s CPU-bound task on a worker with heartbeat 2 runs once and answers", function()
-    local name = unique("long_cpu")
-    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
     defer(function() os.remove(runs) end)
-    local host = support.host({ "spec/workers/cpu_bound.lua" },
-      { env = { WORKER_NAME = name, HEARTBEAT = "2", RUNS_FILE = runs } })
-    defer(function() host:kill() end)
+    local name, host = served("long_cpu", "spec/workers/cpu_bound.lua", { HEARTBEAT = "2", RUNS_FILE = runs })
     assert.are.equal("computed", delegator:invoke(name, spin))
-    local count = select(2, (broker.read_file(runs) or ""):gsub("run\n", ""))
-    assert.are.equal(1, count, "the task ran once\n" .. host:output())
+    assert.are.equal(1, count_lines(runs, "run"), "the task ran once\n" .. host:output())
     local output = host:output()
     assert.falsy(output:find("CONNECTION_LOST", 1, true), output)
     assert.truthy(output:find("a task of worker '" .. name .. "' holds the loop", 1, true), output)
@@ -46,11 +52,7 @@ describe("long tasks", function()
   -- was set, one 20 deep, one through a wrap the file took when it loaded, one in a __close.
   for _, how in ipairs({ "wrap", "resume", "nested", "deep", "early", "close" }) do
     it("a CPU-bound loop in a coroutine the task made (" .. how .. ") keeps the connection", function()
-      local name = unique("long_cpu_" .. how)
-      defer(function() pcall(broker.ctl, "delete_queue", name) end)
-      local host = support.host({ "spec/workers/cpu_bound.lua" },
-        { env = { WORKER_NAME = name, HEARTBEAT = "1", HOW = how } })
-      defer(function() host:kill() end)
+      local name, host = served("long_cpu_" .. how, "spec/workers/cpu_bound.lua", { HEARTBEAT = "1", HOW = how })
       -- 5 s: over twice the heartbeat, after which the broker closes a silent connection
       assert.are.equal("computed", delegator:invoke(name, 5))
       local output = host:output()
@@ -60,36 +62,26 @@ describe("long tasks", function()
   end
 
   it("a short task runs with no hook at all, in the task and in a coroutine it makes", function()
-    local name = unique("hook_probe")
-    defer(function() pcall(broker.ctl, "delete_queue", name) end)
-    local host = support.host({ "spec/workers/hook_probe.lua" }, { env = { WORKER_NAME = name } })
-    defer(function() host:kill() end)
+    local name = served("hook_probe", "spec/workers/hook_probe.lua", {})
     local seen = delegator:invoke(name)
     assert.are.same({ task = "nil", coroutine = "nil" }, seen)
   end)
 
   it("coroutine.wrap and coroutine.resume in a task behave as Lua's own", function()
-    local name = unique("coroutines")
-    defer(function() pcall(broker.ctl, "delete_queue", name) end)
-    local host = support.host({ "spec/workers/coroutines.lua" }, { env = { WORKER_NAME = name } })
-    defer(function() host:kill() end)
-    local served = delegator:invoke(name)
+    local name = served("coroutines", "spec/workers/coroutines.lua", {})
+    local result = delegator:invoke(name)
     -- the same task in this process, whose coroutine library is Lua's own
     local expected = dofile(broker.root() .. "/spec/workers/coroutines.lua").task()
-    assert.are.same(expected, served)
-    assert.are.same({ 1, 2, 3, "end" }, served.yields)
-    assert.matches("boom$", served.wrap_error)
-    assert.matches("bad argument #1 to 'coroutine.resume' %(thread expected", served.bad)
+    assert.are.same(expected, result)
+    assert.are.same({ 1, 2, 3, "end" }, result.yields)
+    assert.matches("boom$", result.wrap_error)
+    assert.matches("bad argument #1 to 'coroutine.resume' %(thread expected", result.bad)
   end)
 
   it("a result lost with the connection is answered from the kept result on redelivery: the task ran once", function()
-    local name = unique("long_kept")
-    defer(function() pcall(broker.ctl, "delete_queue", name) end)
     local runs = os.tmpname()
     defer(function() os.remove(runs) end)
-    local host = support.host({ "spec/workers/kept_result.lua" },
-      { env = { WORKER_NAME = name, RUNS_FILE = runs } })
-    defer(function() host:kill() end)
+    local name, host = served("long_kept", "spec/workers/kept_result.lua", { RUNS_FILE = runs })
     local call = delegator:send({ timeout = 60 * slow }, name, 6, "kept")
     assert(broker.eventually(function() return count_lines(runs, "run") == 1 end, 10 * slow, 0.05))
     -- the broker stops reading what the host publishes: its reply and ack cannot leave

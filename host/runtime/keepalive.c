@@ -121,16 +121,26 @@ static void on_count(lua_State *thread, lua_Debug *debug) {
            keepalive->name ? "'" : "", held, heartbeat);
 }
 
+enum keepalive_mode { KEEPALIVE_OFF, KEEPALIVE_HOOK, KEEPALIVE_LAZY };
+
 /* AMQP_DELEGATE_KEEPALIVE=0 leaves the hook out (the benchmark's A/B); =hook
- * keeps it on every thread in the host too, with no timer signal. */
-static int wanted(void) {
-  const char *setting = getenv("AMQP_DELEGATE_KEEPALIVE");
-  return !setting || strcmp(setting, "0") != 0;
+ * keeps it on every thread in the host too, with no timer signal; else the
+ * host's run arms it lazily. Read once: every new thread asks. */
+static enum keepalive_mode mode(void) {
+  static int known = -1;
+  if (known < 0) {
+    const char *setting = getenv("AMQP_DELEGATE_KEEPALIVE");
+    known = !setting                      ? KEEPALIVE_LAZY
+            : strcmp(setting, "0") == 0    ? KEEPALIVE_OFF
+            : strcmp(setting, "hook") == 0 ? KEEPALIVE_HOOK
+                                           : KEEPALIVE_LAZY;
+  }
+  return (enum keepalive_mode)known;
 }
 
 void keepalive_install(struct runtime *runtime, lua_State *thread) {
   *runtime_slot(thread) = runtime;
-  if (!wanted() || lazy.on) return;
+  if (mode() == KEEPALIVE_OFF || lazy.on) return;
   lua_Hook hook = lua_gethook(thread);
   if (hook && hook != on_count) return; /* the program's own (a profiler, the REPL's Ctrl-C) */
   lua_sethook(thread, on_count, LUA_MASKCOUNT, KEEPALIVE_INSTRUCTIONS);
@@ -160,9 +170,13 @@ void keepalive_pop(void) {
   lazy.depth = depth - 1;
 }
 
-int keepalive_lazily_wanted(void) {
-  const char *setting = getenv("AMQP_DELEGATE_KEEPALIVE");
-  return !setting || (strcmp(setting, "0") != 0 && strcmp(setting, "hook") != 0);
+int keepalive_lazily_wanted(void) { return mode() == KEEPALIVE_LAZY; }
+
+int keepalive_resetthread(lua_State *thread) {
+  keepalive_push(thread);
+  int status = lua_resetthread(thread);
+  keepalive_pop();
+  return status;
 }
 
 int keepalive_arm_lazily(struct runtime *runtime, lua_State *L) {

@@ -33,5 +33,7 @@ int keepalive_lazily_wanted(void);
 /* thread runs Lua now, inside the one before (fibers, tracked coroutines) */
 void keepalive_push(lua_State *thread);
 void keepalive_pop(void);
+/* lua_resetthread, tracked: the __close handlers it runs are Lua too. */
+int keepalive_resetthread(lua_State *thread);
 
 #endif

@@ -351,12 +351,9 @@ static void fiber_free(struct fiber *fiber) {
     cancel(fiber, fiber->wait_data);
   }
   runtime_cancel_job(runtime, &fiber->wake);
-  /* Closes pending to-be-closed variables (their __close is Lua that may
-   * compute) and leaves the thread fresh. */
-  keepalive_push(fiber->thread);
-  int reset = lua_resetthread(fiber->thread);
-  keepalive_pop();
-  int reusable = reset == LUA_OK && runtime->spare_count < RUNTIME_SPARE_THREADS;
+  /* Closes pending to-be-closed variables and leaves the thread fresh. */
+  int reusable = keepalive_resetthread(fiber->thread) == LUA_OK &&
+                 runtime->spare_count < RUNTIME_SPARE_THREADS;
   lua_getfield(L, LUA_REGISTRYINDEX, FIBERS_KEY);
   push_thread(L, fiber->thread);
   if (reusable) lua_pushboolean(L, 0); /* stays anchored, no fiber */

@@ -33,14 +33,6 @@ static int resume_tracked(lua_State *L, lua_State *co, int narg) {
   return -1;
 }
 
-/* lua_resetthread runs the coroutine's pending __close handlers: Lua too */
-static int reset_tracked(lua_State *co) {
-  keepalive_push(co);
-  int status = lua_resetthread(co);
-  keepalive_pop();
-  return status;
-}
-
 static lua_State *coroutine_argument(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTHREAD); /* the library's own check and message */
   return lua_tothread(L, 1);
@@ -67,7 +59,7 @@ static int wrapped(lua_State *L) {
   if (results >= 0) return results;
   int status = lua_status(co);
   if (status != LUA_OK && status != LUA_YIELD) { /* an error in the coroutine */
-    status = reset_tracked(co);
+    status = keepalive_resetthread(co);
     lua_xmove(co, L, 1); /* the error after closing it (a __close may raise another) */
   }
   if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
@@ -111,7 +103,7 @@ static int coroutine_close(lua_State *L) {
   if (status == COROUTINE_RUNNING || status == COROUTINE_NORMAL)
     return luaL_error(L, "cannot close a %s coroutine",
                       status == COROUTINE_RUNNING ? "running" : "normal");
-  if (reset_tracked(co) == LUA_OK) {
+  if (keepalive_resetthread(co) == LUA_OK) {
     lua_pushboolean(L, 1);
     return 1;
   }
